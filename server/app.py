@@ -1,0 +1,51 @@
+"""The FastAPI application: OpenAI routes, API-key guard on /v1/*, /health and /metrics."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from server.errors import APIError, install_error_handlers
+from server.openai_api import ServerState, router
+
+_BEARER = "bearer "
+
+
+def _authorized(header: str | None, api_key: str) -> bool:
+    if not header or not header.lower().startswith(_BEARER):
+        return False
+    given = header[len(_BEARER):].strip().encode()
+    return hmac.compare_digest(given, api_key.encode())
+
+
+def create_app(state: ServerState, api_key: str | None = None) -> FastAPI:
+    """Build the app around a started engine; `api_key` guards /v1/* when set."""
+    app = FastAPI(title="sparse-serve", version="0.1.0",
+                  description="OpenAI-compatible long-context inference with sparse attention.")
+    app.state.server = state
+    install_error_handlers(app)
+    app.include_router(router)
+
+    if api_key:
+        @app.middleware("http")
+        async def _require_key(request: Request, call_next):
+            if request.url.path.startswith("/v1/") and not _authorized(
+                    request.headers.get("authorization"), api_key):
+                return APIError(401, "Invalid or missing API key. Send 'Authorization: Bearer "
+                                "<key>'.", code="invalid_api_key",
+                                headers={"WWW-Authenticate": "Bearer"}).response()
+            return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if state.engine.dead:
+            return APIError(503, "the inference engine has stopped", code="engine_dead").response()
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,45 @@
+"""`sparse-serve serve`: resolve the model, start the engine, run uvicorn on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import uvicorn
+
+from server.app import create_app
+from server.engine import Engine, served_name
+from server.metrics import ServerMetrics
+from server.model_prep import ensure_model
+from server.openai_api import ServerState
+from server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+async def _serve(settings: ServerSettings) -> None:
+    t0 = time.perf_counter()
+    model_dir = settings.model or ensure_model(settings.cache_dir)
+    if not (model_dir / "config.json").is_file():
+        raise SystemExit(f"sparse-serve: {model_dir} is not a Hugging Face model folder "
+                         "(no config.json)")
+    metrics = ServerMetrics(served_name(settings, model_dir))
+    engine = Engine.start(settings, model_dir, stat_loggers=[metrics.stat_logger_factory()])
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    app = create_app(ServerState(engine=engine, metrics=metrics), api_key=api_key)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            log_level=settings.log_level, timeout_graceful_shutdown=30)
+    server = uvicorn.Server(config)
+    logger.info("serving %s on http://%s:%d (ready %.1f s after launch, API key %s)",
+                engine.model_id, settings.host, settings.port, time.perf_counter() - t0,
+                "required" if api_key else "off")
+    try:
+        await server.serve()
+    finally:
+        engine.shutdown()
+
+
+def serve(settings: ServerSettings) -> int:
+    asyncio.run(_serve(settings))
+    return 0
