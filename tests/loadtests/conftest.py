@@ -25,8 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from loadtests.tokenizer import PromptTokenizer, load_tokenizer
+
 MODES = ("ok", "slow_first", "http500", "drop", "malformed", "stream_error")
-SMOLLM_DIR = Path("~/.cache/sparse-serve/models/smollm2-135m-instruct").expanduser()
 
 
 class FaultServer:
@@ -142,10 +143,6 @@ def fault_server() -> Iterator[Callable[..., tuple[FaultServer, str]]]:
 
 
 @pytest.fixture(scope="session")
-def smollm_tokenizer():
-    """The default model's tokenizer (the folder `sparse-serve` prepares)."""
-    from loadtests.tokenizer import load_tokenizer
-
-    if not SMOLLM_DIR.is_dir():
-        pytest.skip(f"default model folder missing: {SMOLLM_DIR}")
-    return load_tokenizer(str(SMOLLM_DIR), None)
+def smollm_tokenizer(model_dir: Path) -> PromptTokenizer:
+    """The default model's tokenizer (`model_dir` comes from tests/conftest.py)."""
+    return load_tokenizer(str(model_dir), None)
