@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from loadtests.client import RequestResult  # noqa: E402
@@ -31,6 +32,16 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
+def label_axes(ax: Axes, xlabel: str, ylabel: str, title: str, legend: bool = True) -> None:
+    """Axis labels, title, a light grid and (optionally) the legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend()
+
+
 def plot_ttft_vs_input(results: ResultsByServer, path: Path) -> Path:
     """Scatter of TTFT (ms) against prompt tokens, with per-bucket medians."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -41,11 +52,7 @@ def plot_ttft_vs_input(results: ResultsByServer, path: Path) -> Path:
         xs = [float(np.median([r.input_tokens for r in ok if r.bucket == b])) for b in buckets]
         ys = [float(np.median([r.ttft_s * 1000 for r in ok if r.bucket == b])) for b in buckets]
         ax.plot(xs, ys, marker="o", color=points.get_facecolor()[0][:3], linewidth=1.5)
-    ax.set_xlabel("input tokens")
-    ax.set_ylabel("TTFT (ms)")
-    ax.set_title("Time to first token vs input length (line: bucket medians)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    label_axes(ax, "input tokens", "TTFT (ms)", "Time to first token vs input length (line: bucket medians)")
     return save_figure(fig, path)
 
 
@@ -58,11 +65,7 @@ def plot_latency_cdfs(results: ResultsByServer, path: Path) -> Path:
             if len(values):
                 fractions = np.arange(0, len(values) + 1) / len(values)
                 ax.step(np.concatenate([values[:1], values]), fractions, where="post", label=label)
-        ax.set_xlabel(f"{name} (ms)")
-        ax.set_ylabel("fraction of requests")
-        ax.set_title(f"{name} CDF")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        label_axes(ax, f"{name} (ms)", "fraction of requests", f"{name} CDF")
     return save_figure(fig, path)
 
 
@@ -72,11 +75,7 @@ def plot_throughput(results: ResultsByServer, path: Path) -> Path:
     for label, rows in results.items():
         timeline = output_token_timeline(rows)
         ax.step(np.arange(len(timeline)), timeline, where="post", label=label)
-    ax.set_xlabel("time since run start (s)")
-    ax.set_ylabel("output tokens / s")
-    ax.set_title("Output throughput over time")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    label_axes(ax, "time since run start (s)", "output tokens / s", "Output throughput over time")
     return save_figure(fig, path)
 
 
