@@ -17,6 +17,8 @@ from loadtests.filler import filler_sentence
 from loadtests.tokenizer import PromptTokenizer
 
 SentenceSource = Callable[[random.Random], str]
+_TAIL_CANDIDATES = 16  # sentences tried to close the last gap
+_MIN_CUT = 4  # smallest gap (tokens) worth closing with a cut sentence
 
 
 class Insert(BaseModel):
@@ -50,7 +52,7 @@ def build_document(
     alone do not fit.
     """
     insert_costs = [tokenizer.count(" " + item.text) for item in inserts]
-    budget = n_tokens - sum(insert_costs) - 1
+    budget = n_tokens - sum(insert_costs)
     if n_tokens < 1 or budget < 0:
         raise ValueError(f"{len(inserts)} inserts need {sum(insert_costs)} tokens, more than {n_tokens}")
     fillers, costs = _fill(tokenizer, budget, rng, sentence)
@@ -72,26 +74,33 @@ def build_document(
 def _fill(
     tokenizer: PromptTokenizer, budget: int, rng: random.Random, sentence: SentenceSource
 ) -> tuple[list[str], list[int]]:
-    """Whole sentences up to `budget` tokens, topped up with a cut sentence."""
+    """Whole sentences up to `budget` tokens; the tail is closed with the best
+    fitting of a few extra candidates, and only then with a cut sentence."""
     fillers: list[str] = []
     costs: list[int] = []
     used = 0
-    for _ in range(budget + 1):
+    misses = 0
+    for _ in range(budget + _TAIL_CANDIDATES):
+        if misses == _TAIL_CANDIDATES or used == budget:
+            break
         candidate = sentence(rng)
         cost = tokenizer.count(" " + candidate)
         if used + cost > budget:
-            words = candidate.rstrip(".").split()
-            for end in range(len(words), 0, -1):
-                partial = " ".join(words[:end]) + "."
-                partial_cost = tokenizer.count(" " + partial)
-                if used + partial_cost <= budget:
-                    fillers.append(partial)
-                    costs.append(partial_cost)
-                    break
-            break
+            misses += 1
+            continue
         fillers.append(candidate)
         costs.append(cost)
         used += cost
+    words = sentence(rng).rstrip(".").split()
+    for end in range(len(words) - 1, 0, -1):
+        if budget - used < _MIN_CUT:
+            break
+        partial = " ".join(words[:end]).rstrip(",") + "."
+        partial_cost = tokenizer.count(" " + partial)
+        if used + partial_cost <= budget:
+            fillers.append(partial)
+            costs.append(partial_cost)
+            break
     return fillers, costs
 
 

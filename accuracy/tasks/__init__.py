@@ -1,0 +1,1 @@
+"""RULER-style task generators (offline, deterministic, sized in model tokens)."""
