@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import APIError, install_error_handlers
 from server.openai_api import ServerState, router
@@ -20,6 +21,26 @@ def _authorized(header: str | None, api_key: str) -> bool:
     return hmac.compare_digest(given, api_key.encode())
 
 
+class APIKeyGuard:
+    """Pure ASGI middleware (keeps streaming and disconnect detection intact): /v1/* needs the key."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.api_key = api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            headers = dict(scope.get("headers") or [])
+            header = headers.get(b"authorization", b"").decode("latin-1")
+            if not _authorized(header, self.api_key):
+                response = APIError(401, "Invalid or missing API key. Send 'Authorization: "
+                                    "Bearer <key>'.", code="invalid_api_key",
+                                    headers={"WWW-Authenticate": "Bearer"}).response()
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(state: ServerState, api_key: str | None = None) -> FastAPI:
     """Build the app around a started engine; `api_key` guards /v1/* when set."""
     app = FastAPI(title="sparse-serve", version="0.1.0",
@@ -29,14 +50,7 @@ def create_app(state: ServerState, api_key: str | None = None) -> FastAPI:
     app.include_router(router)
 
     if api_key:
-        @app.middleware("http")
-        async def _require_key(request: Request, call_next):
-            if request.url.path.startswith("/v1/") and not _authorized(
-                    request.headers.get("authorization"), api_key):
-                return APIError(401, "Invalid or missing API key. Send 'Authorization: Bearer "
-                                "<key>'.", code="invalid_api_key",
-                                headers={"WWW-Authenticate": "Bearer"}).response()
-            return await call_next(request)
+        app.add_middleware(APIKeyGuard, api_key=api_key)
 
     @app.get("/health")
     async def health() -> JSONResponse:
