@@ -123,13 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ValueError, OSError) as exc:
-        print(f"helm_tool.py: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # helm_python's HelmError family: render/lint failures
-        if type(exc).__module__.startswith("helm_python"):
+    except Exception as exc:
+        if type(exc).__module__.startswith("helm_python"):  # Helm refused the chart or values
             print(f"helm_tool.py: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
+        if isinstance(exc, (ValueError, OSError)):  # our own input: unreadable or bad values file
+            print(f"helm_tool.py: {exc}", file=sys.stderr)
+            return 2
         raise
 
 
