@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vllm import SamplingParams
+from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import RequestOutputKind
 
 from server.errors import APIError
@@ -42,6 +43,17 @@ def resolve_max_tokens(prompt_len: int, requested: int | None, default: int | No
 def sampling_params(req: SamplingFields, max_tokens: int, logprobs: int | None) -> SamplingParams:
     """vLLM sampling parameters; streaming requests get deltas, others only the final output."""
     kind = RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY
+    try:
+        return _build(req, max_tokens, logprobs, kind)
+    except VLLMValidationError as exc:
+        raise APIError(400, exc.args[0] if exc.args else str(exc), param=exc.parameter,
+                       code="invalid_value") from exc
+    except ValueError as exc:
+        raise APIError(400, str(exc), code="invalid_value") from exc
+
+
+def _build(req: SamplingFields, max_tokens: int, logprobs: int | None,
+           kind: RequestOutputKind) -> SamplingParams:
     return SamplingParams(
         n=req.n,
         max_tokens=max_tokens,
