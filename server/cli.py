@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import types
@@ -66,6 +67,13 @@ def _cmd_prepare_model(args: argparse.Namespace) -> int:
     return 0
 
 
+# Subcommands provided by the other packages: (name, module with add_arguments/run, summary).
+_TOOLS = [
+    ("loadtest", "loadtests.cli", "load-test an OpenAI-compatible server on a loopback address"),
+    ("eval", "accuracy.cli", "RULER-style accuracy suite against an OpenAI-compatible server"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparse-serve",
@@ -84,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--cache-dir", type=Path, default=None,
                       help=f"cache root [env SPARSE_SERVE_CACHE_DIR; default {default_cache_dir()}]")
     prep.set_defaults(func=_cmd_prepare_model)
+
+    for name, module, summary in _TOOLS:
+        tool = importlib.import_module(module)
+        tool_parser = sub.add_parser(name, help=summary, description=summary)
+        tool.add_arguments(tool_parser)
+        tool_parser.set_defaults(func=tool.run)
     return parser
 
 
