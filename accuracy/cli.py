@@ -20,7 +20,7 @@ from accuracy.heatmap import plot_depth_heatmaps
 from accuracy.native_length import native_length
 from accuracy.results import EvalCompareReport, cell_deltas, format_delta_table, format_table
 from accuracy.tasks.registry import DEFAULT_DEPTHS, generate_samples, parse_numbers, parse_tasks
-from loadtests.cli_targets import add_target_arguments, resolve_models, targets_from_args
+from loadtests.cli_options import add_output_arguments, add_target_arguments, resolve_models, targets_from_args
 from loadtests.client import StreamOptions
 from loadtests.html_page import heading, image, preformatted, write_page
 from loadtests.report import write_json
@@ -41,11 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("--max-concurrency", type=int, default=1)
     run.add_argument("--temperature", type=float, default=0.0)
-    out = parser.add_argument_group("output")
-    out.add_argument("--json", type=Path, default=None, help="write the results JSON here")
-    out.add_argument("--save-detailed", action="store_true", help="include every prediction in the JSON")
-    out.add_argument("--report-dir", type=Path, default=None, help="heat-map PNG + index.html (default out/eval-TIME)")
-    out.add_argument("--no-progress", action="store_true")
+    add_output_arguments(parser, "include every prediction in the JSON", "heat-map PNG + index.html (default out/eval-TIME)")
 
 
 def run(args: argparse.Namespace) -> int:

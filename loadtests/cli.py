@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from loadtests.cli_targets import add_target_arguments, resolve_models, targets_from_args
+from loadtests.cli_options import add_output_arguments, add_target_arguments, resolve_models, targets_from_args
 from loadtests.client import StreamOptions
 from loadtests.metrics import parse_goodput
 from loadtests.plots import loadtest_plots
@@ -52,12 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pace.add_argument("--compare-round-size", type=int, default=8, help="requests per interleaved round")
     pace.add_argument("--temperature", type=float, default=0.0)
     pace.add_argument("--ignore-eos", action="store_true", help="ask for exactly max_tokens (vLLM extension)")
-    out = parser.add_argument_group("output")
+    out = add_output_arguments(
+        parser, "include per-request rows in the JSON", "PNG plots + index.html (default out/loadtest-TIME)"
+    )
     out.add_argument("--goodput", nargs="+", default=[], metavar="KEY:MS", help="SLOs, e.g. ttft:2000 tpot:100")
-    out.add_argument("--json", type=Path, default=None, help="write the summary JSON here")
-    out.add_argument("--save-detailed", action="store_true", help="include per-request rows in the JSON")
-    out.add_argument("--report-dir", type=Path, default=None, help="PNG plots + index.html (default out/loadtest-TIME)")
-    out.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,13 +1,16 @@
 """Command-line options shared by every HTTP client command (loadtest, eval).
 
-`--base-url` (repeatable, optionally "label=URL"), `--compare URL_A URL_B`,
-`--api-key`, `--model`, `--endpoint`, `--tokenizer`, `--request-timeout`,
-all validated into `Target`s that only ever point at loopback addresses.
+Server selection: `--base-url` (repeatable, optionally "label=URL"),
+`--compare URL_A URL_B`, `--api-key`, `--model`, `--endpoint`, `--tokenizer`,
+`--request-timeout`, validated into `Target`s that only ever point at
+loopback addresses. Output: `--json`, `--save-detailed`, `--report-dir`,
+`--no-progress`.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import httpx
 
@@ -35,6 +38,16 @@ def add_target_arguments(parser: argparse.ArgumentParser, default_endpoint: str 
         help="local tokenizer folder (default: ~/.cache/sparse-serve/models/<model>)",
     )
     group.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="per-request limit")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, detailed_help: str, report_help: str) -> argparse._ArgumentGroup:
+    """Add the report options to `parser`; returns the group for extra options."""
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", type=Path, default=None, help="write the results JSON here")
+    out.add_argument("--save-detailed", action="store_true", help=detailed_help)
+    out.add_argument("--report-dir", type=Path, default=None, help=report_help)
+    out.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return out
 
 
 def targets_from_args(args: argparse.Namespace) -> list[Target]:

@@ -51,12 +51,17 @@ def niah_single(ctx: SampleContext) -> Sample:
     return planted_sample(ctx, inserts, INTRO, question, [value], "all", 32)
 
 
-def niah_multikey(ctx: SampleContext) -> Sample:
+def _keyed_needles(ctx: SampleContext) -> tuple[list[str], list[str], list[Insert]]:
+    """Needles with 1 + EXTRA_NEEDLES distinct keys and values; the first is the target."""
     rng = ctx.rng()
     keys = distinct_pseudo_words(rng, 1 + EXTRA_NEEDLES)
     values = distinct_numbers(rng, len(keys))
     depths = _depths(ctx, rng, len(keys))
-    inserts = [Insert(depth=d, text=needle(k, v)) for k, v, d in zip(keys, values, depths)]
+    return keys, values, [Insert(depth=d, text=needle(k, v)) for k, v, d in zip(keys, values, depths)]
+
+
+def niah_multikey(ctx: SampleContext) -> Sample:
+    keys, values, inserts = _keyed_needles(ctx)
     question = f"What is the secret number for {keys[0]}? Answer with the number only."
     return planted_sample(ctx, inserts, INTRO, question, values[:1], "all", 32)
 
@@ -72,11 +77,7 @@ def niah_multivalue(ctx: SampleContext) -> Sample:
 
 
 def niah_multiquery(ctx: SampleContext) -> Sample:
-    rng = ctx.rng()
-    keys = distinct_pseudo_words(rng, 1 + EXTRA_NEEDLES)
-    values = distinct_numbers(rng, len(keys))
-    depths = _depths(ctx, rng, len(keys))
-    inserts = [Insert(depth=d, text=needle(k, v)) for k, v, d in zip(keys, values, depths)]
+    keys, values, inserts = _keyed_needles(ctx)
     asked = ", ".join(keys[:-1]) + f" and {keys[-1]}"
     question = f"What are the secret numbers for {asked}? Give the number for each of them."
     return planted_sample(ctx, inserts, INTRO, question, values, "all", 64)
