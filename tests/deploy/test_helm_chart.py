@@ -43,6 +43,7 @@ def container(pod_spec: dict[str, Any]) -> dict[str, Any]:
     return c
 
 
+@pytest.mark.slow
 def test_lint_template_and_kubernetes_schemas(tools: Tools) -> None:
     done = tools.run(DEPLOY / "check.sh", "helm")
     assert done.returncode == 0, done.stdout + done.stderr
