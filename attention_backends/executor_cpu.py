@@ -1,11 +1,13 @@
-"""Fast CPU sparse executor: gather the kept keys, batched matmul, online softmax.
+"""Gather CPU sparse executor: gather the kept keys, batched matmul, fused softmax.
 
-For each query head, the keys listed by the :class:`SparseIndex` for every query block are
-gathered into ``[nQB, L, D]`` tiles (``L`` = the head's largest per-block budget), scored
-with one batched matmul per tile, and reduced with a log-sum-exp (online) softmax that merges
-tiles of at most ``tile_elems`` logits. Only kept pairs are computed, so time and memory are
-O(N * budget), never O(N^2). Unused slots and future keys are masked with one comparison:
-invalid slots get a position past every query.
+For each query head, the keys the :class:`SparseIndex` keeps for a query block are laid out
+as ``[off-diagonal blocks | columns | diagonal block]``, gathered into one ``[B, L, D]`` tile
+per query block, scored with one ``baddbmm`` whose additive bias masks unused slots, masked
+causally where keys can follow a row (the diagonal block and columns inside it), normalised
+with one fused softmax and reduced with one ``bmm``. A query block's whole key list fits in
+one tile (at most ``block_size * N`` logits), so rows need no cross-tile softmax merge;
+``tile_elems`` caps how many query blocks are batched. Only kept pairs are computed: time
+and memory are O(N * budget). Needs no compiler; see ``executor_flex`` for the faster path.
 """
 
 from __future__ import annotations
@@ -13,36 +15,36 @@ from __future__ import annotations
 import torch
 
 from .inputs import check_qkv
-from .sparse_index import SparseIndex
+from .sparse_index import SparseIndex, pack_rows
 
-DEFAULT_TILE_ELEMS = 1 << 22
-"""Logits per tile (16 MiB in float32): bounds the executor's working memory."""
-
-
-def _merge(
-    acc: torch.Tensor, acc_lse: torch.Tensor, out: torch.Tensor, lse: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge two normalised partial softmax results ``(out [.., D], lse [..])`` over disjoint keys."""
-    new_lse = torch.logaddexp(acc_lse, lse)
-    safe = torch.where(torch.isfinite(new_lse), new_lse, torch.zeros_like(new_lse))
-    acc = acc * torch.exp(acc_lse - safe).unsqueeze(-1) + out * torch.exp(lse - safe).unsqueeze(-1)
-    return acc, new_lse
+DEFAULT_TILE_ELEMS = 1 << 20
+"""Logits per tile (4 MiB in float32): small enough to stay in cache between the kernels."""
 
 
-def _tile_attention(
-    q_tile: torch.Tensor, k_tile: torch.Tensor, v_tile: torch.Tensor, key_pos: torch.Tensor, row_pos: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention of one tile: ``q [B, R, D]``, ``k, v [B, L, D]``, ``key_pos [B, L]``, ``row_pos [B, R]``.
+def _head_layout(index: SparseIndex, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key positions ``[nQB, L]`` and their additive bias (0 or ``-inf``) for one head.
 
-    Returns the normalised output ``[B, R, D]`` and the log-sum-exp ``[B, R]`` (``-inf`` where
-    a row keeps no key; its output is then 0).
+    The last ``B`` slots are always the query block's own (diagonal) keys.
     """
-    logits = torch.bmm(q_tile, k_tile.transpose(1, 2))
-    logits.masked_fill_(key_pos.unsqueeze(1) > row_pos.unsqueeze(2), float("-inf"))
-    lse = torch.logsumexp(logits, dim=-1)
-    safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-    probs = logits.sub_(safe.unsqueeze(-1)).exp_()
-    return torch.bmm(probs, v_tile), lse
+    b, nqb = index.block_size, index.num_q_blocks
+    dev = index.device
+    qb = torch.arange(nqb, device=dev).unsqueeze(1)
+    nb = int(index.block_counts[head].max().item())
+    ids = index.block_ids[head, :, :nb]
+    used = torch.arange(nb, device=dev) < index.block_counts[head].unsqueeze(1)
+    off_diag, off_count = pack_rows(ids, used & (ids != qb))
+    diag_kept = (used & (ids == qb)).any(dim=1, keepdim=True)
+    off_used = torch.arange(off_diag.shape[1], device=dev) < off_count.unsqueeze(1)
+    offsets = torch.arange(b, device=dev)
+    block_pos = (off_diag.unsqueeze(-1) * b + offsets).reshape(nqb, -1)
+    nc = int(index.column_counts[head].max().item())
+    col_pos = index.columns[head, :, :nc]
+    col_used = torch.arange(nc, device=dev) < index.column_counts[head].unsqueeze(1)
+    diag_pos = qb * b + offsets
+    positions = torch.cat([block_pos, col_pos, diag_pos], dim=1)
+    kept = torch.cat([off_used.repeat_interleave(b, dim=1), col_used, diag_kept.expand(nqb, b)], dim=1)
+    bias = torch.zeros(positions.shape, dtype=torch.float32, device=dev).masked_fill_(~kept, float("-inf"))
+    return positions, bias
 
 
 def gather_attention(
@@ -56,38 +58,37 @@ def gather_attention(
 ) -> torch.Tensor:
     """Sparse causal attention over ``index``: ``q [Hq, N, D]``, ``k, v [Hkv, N, D]`` -> ``[Hq, N, D]``.
 
-    Computes in float32 and returns ``q.dtype``. ``tile_elems`` caps the logits held at once.
+    Computes in float32 and returns ``q.dtype``. Rows that keep no key output zeros.
     """
     shape = check_qkv(q, k, v, scale=scale)
     index.check_matches(shape.num_q_heads, shape.seq_len)
-    if tile_elems < index.block_q:
-        raise ValueError(f"tile_elems must be at least block_q ({index.block_q}); got {tile_elems}")
-    n, d, bq, nqb = shape.seq_len, shape.head_dim, index.block_q, index.num_q_blocks
-    rows = nqb * bq
+    if tile_elems <= 0:
+        raise ValueError(f"tile_elems must be positive; got {tile_elems}")
+    n, d, b, nqb = shape.seq_len, shape.head_dim, index.block_size, index.num_q_blocks
+    rows = nqb * b
     q_pad = torch.zeros(shape.num_q_heads, rows, d, dtype=torch.float32, device=q.device)
     q_pad[:, :n] = q.float() * shape.scale
-    kf, vf = k.float(), v.float()
-    row_pos = torch.arange(rows, device=q.device).view(nqb, bq)
+    k_pad = torch.zeros(shape.num_kv_heads, rows, d, dtype=torch.float32, device=q.device)
+    v_pad = torch.zeros_like(k_pad)
+    k_pad[:, :n] = k.float()
+    v_pad[:, :n] = v.float()
+    row_pos = torch.arange(rows, device=q.device).view(nqb, b, 1)
     out = torch.empty(shape.num_q_heads, rows, d, dtype=torch.float32, device=q.device)
     for h in range(shape.num_q_heads):
         kv = h // shape.group_size
-        positions, valid = index.key_slots(h)
+        positions, bias = _head_layout(index, h)
         width = positions.shape[1]
-        key_pos = torch.where(valid, positions, torch.full_like(positions, rows))
-        gather_at = torch.where(valid, positions, torch.zeros_like(positions))
-        key_chunk = min(width, max(tile_elems // bq, 1))
-        q_chunk = max(tile_elems // (bq * key_chunk), 1)
-        q_blocks = q_pad[h].view(nqb, bq, d)
-        for b0 in range(0, nqb, q_chunk):
-            b1 = min(b0 + q_chunk, nqb)
-            acc = lse_acc = None
-            for l0 in range(0, width, key_chunk):
-                at = gather_at[b0:b1, l0 : l0 + key_chunk]
-                k_tile = kf[kv].index_select(0, at.reshape(-1)).view(b1 - b0, -1, d)
-                v_tile = vf[kv].index_select(0, at.reshape(-1)).view(b1 - b0, -1, d)
-                part, lse = _tile_attention(
-                    q_blocks[b0:b1], k_tile, v_tile, key_pos[b0:b1, l0 : l0 + key_chunk], row_pos[b0:b1]
-                )
-                acc, lse_acc = (part, lse) if acc is None else _merge(acc, lse_acc, part, lse)
-            out[h, b0 * bq : b1 * bq] = acc.reshape(-1, d)
-    return out[:, :n].to(q.dtype)
+        n_cols = int(index.column_counts[h].max().item())
+        # keys that may follow a row: the diagonal block, and columns inside the query block
+        causal_from = width - b - n_cols
+        chunk = max(tile_elems // (b * width), 1)
+        for b0 in range(0, nqb, chunk):
+            b1 = min(b0 + chunk, nqb)
+            at = positions[b0:b1].reshape(-1)
+            k_tile = k_pad[kv].index_select(0, at).view(b1 - b0, width, d)
+            v_tile = v_pad[kv].index_select(0, at).view(b1 - b0, width, d)
+            logits = torch.baddbmm(bias[b0:b1].unsqueeze(1), q_pad[h, b0 * b : b1 * b].view(-1, b, d), k_tile.transpose(1, 2))
+            tail = positions[b0:b1, causal_from:].unsqueeze(1)
+            logits[:, :, causal_from:].masked_fill_(tail > row_pos[b0:b1], float("-inf"))
+            out[h, b0 * b : b1 * b] = torch.bmm(torch.softmax(logits, dim=-1), v_tile).view(-1, d)
+    return out[:, :n].nan_to_num_(0.0).to(q.dtype)

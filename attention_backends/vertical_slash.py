@@ -2,9 +2,9 @@
 
 The attention of the last ``last_q`` queries against all keys is summed per key (vertical
 lines) and per diagonal offset ``i - j`` (slash lines). The best columns and diagonals are
-kept, and the selection is converted into the block + column :class:`SparseIndex`: for each
-query block, every kept diagonal covers a band of ``block_q`` keys; the bands are merged
-and tiled with key blocks, and the kept columns not already inside a tile become columns.
+kept, and the selection is converted into the block + column :class:`SparseIndex`: every
+kept diagonal is rounded out to the (at most two) aligned key blocks it crosses in each query
+block, and the kept columns not already inside a kept block become columns.
 FlexPrefill's vertical-slash heads reuse the scores and the conversion.
 """
 
@@ -48,22 +48,18 @@ def vertical_slash_scores(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return vertical, slash / rows
 
 
-def _diagonal_tiles(offsets: list[int], block_q: int, block_k: int) -> list[int]:
-    """Key-block starts, relative to a query block's first row, covering the diagonals' bands.
+def diagonal_block_offsets(offsets: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Relative key blocks ``r <= 0`` (key block = query block + r) that cover the given diagonals.
 
-    Diagonal ``o`` covers relative keys ``[-o, -o + block_q - 1]`` of every query block; the
-    bands are merged and tiled left to right with disjoint tiles of ``block_k`` keys.
+    Diagonal ``o`` crosses the query block's rows at keys ``[s - o, s - o + B - 1]`` for the
+    block's first row ``s``, i.e. key blocks ``-(o // B)`` and, unless ``o`` is a multiple of
+    ``B``, ``-(o // B) - 1``. Returns ``bool [nQB]``: entry ``t`` is true when offset ``-t`` is kept.
     """
-    tiles: list[int] = []
-    covered_to = None  # first relative key not yet covered
-    for o in sorted(set(offsets), reverse=True):
-        lo, hi = -o, -o + block_q - 1
-        start = lo if covered_to is None else max(lo, covered_to)
-        while start <= hi:
-            tiles.append(start)
-            start += block_k
-        covered_to = start if covered_to is None else max(covered_to, start)
-    return tiles
+    nblocks = int(offsets.max().item()) // block_size + 2 if offsets.numel() else 1
+    kept = torch.zeros(nblocks, dtype=torch.bool, device=offsets.device)
+    kept[offsets // block_size] = True
+    kept[(offsets // block_size + 1)[offsets % block_size != 0]] = True
+    return kept
 
 
 def vertical_slash_index(
@@ -72,52 +68,32 @@ def vertical_slash_index(
     """Build the index from per-head key columns and diagonal offsets.
 
     ``verticals[h]`` are key positions in ``[0, N)`` and ``slashes[h]`` diagonal offsets in
-    ``[0, N)`` (``0`` = the main diagonal, always added so every row keeps itself).
+    ``[0, N)`` (``0`` = the main diagonal, always added so every row keeps itself). Each
+    diagonal is rounded out to the aligned key blocks it crosses; columns already inside a
+    kept block are dropped.
     """
     if len(verticals) != len(slashes):
         raise ValueError("need one vertical and one slash list per head")
     device = verticals[0].device if verticals else torch.device("cpu")
-    nqb = -(-seq_len // block_size)
-    q_start = torch.arange(nqb, device=device) * block_size
-    q_end = torch.clamp(q_start + block_size, max=seq_len)  # exclusive
-    heads_blocks, heads_cols = [], []
+    b = block_size
+    nqb = -(-seq_len // b)
+    qb = torch.arange(nqb, device=device).unsqueeze(1)
+    block_masks, heads_cols = [], []
     for cols, offs in zip(verticals, slashes):
-        tiles = torch.tensor(
-            _diagonal_tiles([0, *offs.tolist()], block_size, block_size), dtype=torch.int64, device=device
-        )
-        starts = q_start.unsqueeze(1) + tiles.unsqueeze(0)
-        heads_blocks.append(pack_rows(starts, starts + block_size > 0))
+        offs = torch.cat([offs.to(device, torch.int64), torch.zeros(1, dtype=torch.int64, device=device)])
+        rel = diagonal_block_offsets(offs, b)
+        rel = torch.nn.functional.pad(rel, (0, max(nqb - rel.numel(), 0)))[:nqb]
+        # key block j is kept by query block i when i - j is a kept relative offset
+        lag = qb - torch.arange(nqb, device=device).unsqueeze(0)
+        block_masks.append((lag >= 0) & rel[lag.clamp(min=0)])
         cols = torch.unique(cols.to(device, torch.int64))
-        rel = cols.unsqueeze(0) - q_start.unsqueeze(1)
-        tile_idx = (torch.searchsorted(tiles, rel, right=True) - 1).clamp(min=0)
-        covered = (rel >= tiles[tile_idx]) & (rel < tiles[tile_idx] + block_size)
-        keep = (cols.unsqueeze(0) < q_end.unsqueeze(1)) & ~covered
+        col_lag = qb - (cols // b).unsqueeze(0)
+        keep = (col_lag >= 0) & ~rel[col_lag.clamp(min=0, max=nqb - 1)]
         heads_cols.append(pack_rows(cols.expand(nqb, -1), keep))
-    return _stack_heads(heads_blocks, heads_cols, seq_len, block_size)
-
-
-def _stack_heads(
-    blocks: list[tuple[torch.Tensor, torch.Tensor]],
-    cols: list[tuple[torch.Tensor, torch.Tensor]],
-    seq_len: int,
-    block_size: int,
-) -> SparseIndex:
-    def stack(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(p[0].shape[-1] for p in parts)
-        padded = [torch.nn.functional.pad(p[0], (0, width - p[0].shape[-1])) for p in parts]
-        return torch.stack(padded), torch.stack([p[1] for p in parts]).to(torch.int64)
-
-    block_starts, block_counts = stack(blocks)
-    columns, column_counts = stack(cols)
-    return SparseIndex(
-        seq_len=seq_len,
-        block_q=block_size,
-        block_k=block_size,
-        block_starts=block_starts,
-        block_counts=block_counts,
-        columns=columns,
-        column_counts=column_counts,
-    )
+    width = max(c[0].shape[-1] for c in heads_cols)
+    columns = torch.stack([torch.nn.functional.pad(c[0], (0, width - c[0].shape[-1])) for c in heads_cols])
+    column_counts = torch.stack([c[1] for c in heads_cols])
+    return SparseIndex.from_block_mask(torch.stack(block_masks), seq_len, b, columns, column_counts)
 
 
 def kept_positions(keep: torch.Tensor) -> list[torch.Tensor]:

@@ -1,0 +1,186 @@
+"""Capture real per-layer q/k/v from the default model on a long synthetic document.
+
+Runs the HF checkpoint (SmolLM2-135M-Instruct by default, Llama architecture) with
+transformers on CPU in float32 over a :mod:`synthetic_doc` prompt, and records for each
+requested layer the post-RoPE queries and keys, the values and the pre-RoPE keys, all as
+``[heads, N, head_dim]``. Forward hooks read the q/k/v projections and the layer's rotary
+``(cos, sin)``; the forward stops after the last requested layer. Beyond the model's native
+context, YaRN RoPE scaling stretches the positions. Captures are cached on disk
+(``~/.cache/sparse-serve/captures``) keyed by model, length, layers, seed and scaling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .synthetic_doc import generate_document
+
+NATIVE_CONTEXT = 8192
+"""Context length the default model was trained for; longer captures use RoPE scaling."""
+
+
+class CaptureConfig(BaseModel):
+    """What to capture; also the cache key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_dir: Path
+    seq_len: int = Field(gt=0)
+    layers: tuple[int, ...] = Field(min_length=1)
+    seed: int = 0
+
+    def rope_factor(self, native: int = NATIVE_CONTEXT) -> float:
+        """YaRN factor needed to reach ``seq_len`` (1.0 = no scaling)."""
+        return 1.0 if self.seq_len <= native else float(2 ** math.ceil(math.log2(self.seq_len / native)))
+
+    def cache_path(self, cache_dir: Path) -> Path:
+        key = f"{self.model_dir.resolve()}|{self.seq_len}|{sorted(self.layers)}|{self.seed}|{self.rope_factor()}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return cache_dir / f"{self.model_dir.name}-n{self.seq_len}-{digest}.pt"
+
+
+@dataclass(frozen=True)
+class LayerCapture:
+    """One layer's attention inputs: ``q [Hq, N, D]`` (post-RoPE), ``k, v, k_pre_rope [Hkv, N, D]``."""
+
+    layer: int
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    k_pre_rope: torch.Tensor
+
+
+def default_cache_dir() -> Path:
+    """``$SPARSE_SERVE_CACHE/captures`` or ``~/.cache/sparse-serve/captures``."""
+    root = os.environ.get("SPARSE_SERVE_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "sparse-serve") / "captures"
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every requested layer is captured."""
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding (HF "rotate half" layout): ``x [H, N, D]``, ``cos, sin [N, D]``."""
+    return x * cos + _rotate_half(x) * sin
+
+
+def load_model(model_dir: Path, seq_len: int) -> tuple[torch.nn.Module, object]:
+    """Load the causal LM (float32, SDPA attention) and its tokenizer, with YaRN scaling if needed."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model_dir)
+    native = int(config.max_position_embeddings)
+    factor = CaptureConfig(model_dir=model_dir, seq_len=seq_len, layers=(0,)).rope_factor(native)
+    if factor > 1.0:
+        theta = config.rope_parameters["rope_theta"]
+        config.rope_parameters = {
+            "rope_type": "yarn",
+            "rope_theta": theta,
+            "factor": factor,
+            "original_max_position_embeddings": native,
+        }
+        config.max_position_embeddings = int(native * factor)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32, attn_implementation="sdpa")
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def document_ids(tokenizer: object, seq_len: int, seed: int) -> torch.Tensor:
+    """Token ids ``[seq_len]`` of a synthetic document ending with its retrieval question."""
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    doc = generate_document(seq_len, count, seed=seed)
+    body = tokenizer(doc.body, add_special_tokens=False)["input_ids"]
+    question = tokenizer(doc.question, add_special_tokens=False)["input_ids"]
+    ids = (body + [tokenizer.eos_token_id] * seq_len)[: max(seq_len - len(question), 0)] + question
+    return torch.tensor(ids[-seq_len:], dtype=torch.int64)
+
+
+@torch.no_grad()
+def run_capture(config: CaptureConfig) -> list[LayerCapture]:
+    """Run the model and capture the requested layers (no cache)."""
+    model, tokenizer = load_model(config.model_dir, config.seq_len)
+    layers = model.model.layers
+    for layer in config.layers:
+        if not 0 <= layer < len(layers):
+            raise ValueError(f"layer {layer} out of range: the model has {len(layers)} layers")
+    ids = document_ids(tokenizer, config.seq_len, config.seed)
+    wanted = sorted(set(config.layers))
+    raw: dict[int, dict[str, torch.Tensor]] = {i: {} for i in wanted}
+    handles = []
+
+    def keep(layer: int, name: str):
+        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+            raw[layer][name] = output[0].detach()
+            if layer == wanted[-1] and len(raw[layer]) == 5:
+                raise _StopForward
+
+        return hook
+
+    def keep_rope(layer: int):
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            cos, sin = kwargs["position_embeddings"]
+            raw[layer]["cos"], raw[layer]["sin"] = cos[0].detach(), sin[0].detach()
+
+        return hook
+
+    for i in wanted:
+        attn = layers[i].self_attn
+        handles.append(attn.register_forward_pre_hook(keep_rope(i), with_kwargs=True))
+        for name in ("q_proj", "k_proj", "v_proj"):
+            handles.append(getattr(attn, name).register_forward_hook(keep(i, name)))
+    try:
+        model(input_ids=ids.unsqueeze(0), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    head_dim = int(model.config.head_dim)
+    out = []
+    for i in wanted:
+        parts = {name: raw[i][name].view(config.seq_len, -1, head_dim).transpose(0, 1).contiguous() for name in ("q_proj", "k_proj", "v_proj")}
+        cos, sin = raw[i]["cos"], raw[i]["sin"]
+        out.append(
+            LayerCapture(
+                layer=i,
+                q=apply_rope(parts["q_proj"], cos, sin),
+                k=apply_rope(parts["k_proj"], cos, sin),
+                v=parts["v_proj"],
+                k_pre_rope=parts["k_proj"],
+            )
+        )
+    return out
+
+
+def capture_qkv(config: CaptureConfig, cache_dir: Path | None = None) -> list[LayerCapture]:
+    """Captured layers for ``config``, from the disk cache when present, else computed and cached."""
+    if not (config.model_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no model at {config.model_dir}: run `sparse-serve prepare-model` first (or use random tensors)"
+        )
+    path = config.cache_path(cache_dir or default_cache_dir())
+    if path.is_file():
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        return [LayerCapture(**entry) for entry in stored]
+    captures = run_capture(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save([vars(c) for c in captures], tmp)
+    tmp.replace(path)
+    return captures
