@@ -16,11 +16,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from accuracy.evaluate import eval_report, run_samples
-from accuracy.heatmap import plot_depth_heatmaps
 from accuracy.native_length import native_length
 from accuracy.results import EvalCompareReport, cell_deltas, format_delta_table, format_table
 from accuracy.tasks.registry import DEFAULT_DEPTHS, generate_samples, parse_numbers, parse_tasks
-from loadtests.cli_options import add_output_arguments, add_target_arguments, resolve_models, targets_from_args
+from loadtests.cli_options import (
+    add_output_arguments, add_target_arguments, quiet_http_logs, resolve_models, targets_from_args,
+)
 from loadtests.client import StreamOptions
 from loadtests.html_page import heading, image, preformatted, write_page
 from loadtests.report import write_json
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute the suite; 0 on success, 1 if nothing completed, 2 bad input, 130 interrupted."""
+    quiet_http_logs()
     try:
         targets = targets_from_args(args)
         tasks = parse_tasks(args.tasks)
@@ -74,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_json(compare or next(iter(reports.values())), args.json)
         print(f"wrote {args.json}")
+    from accuracy.heatmap import plot_depth_heatmaps  # matplotlib only when a report is written
+
     folder = args.report_dir or Path("out") / time.strftime("eval-%Y%m%d-%H%M%S")
     heatmap = plot_depth_heatmaps(reports, folder / "needle_depth_heatmap.png")
     blocks = [heading("Accuracy"), *(preformatted(t) for t in texts)]

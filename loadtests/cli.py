@@ -15,14 +15,14 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from loadtests.cli_options import add_output_arguments, add_target_arguments, resolve_models, targets_from_args
+from loadtests.cli_options import (
+    add_output_arguments, add_target_arguments, quiet_http_logs, resolve_models, targets_from_args,
+)
 from loadtests.client import StreamOptions
 from loadtests.metrics import parse_goodput
-from loadtests.plots import loadtest_plots
 from loadtests.report import (
     RunSettings, compare_report, format_ratio_table, format_summary, target_report, write_json,
 )
-from loadtests.report_page import write_loadtest_page
 from loadtests.runner import RunPlan, RunState, run_targets
 from loadtests.tokenizer import load_tokenizer
 from loadtests.workloads import WorkloadConfig, generate_workload, parse_length_mix
@@ -60,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute a load test; 0 if any request completed, 1 if none, 130 if interrupted."""
+    quiet_http_logs()
     try:
         targets = targets_from_args(args)
         slo = parse_goodput(args.goodput)
@@ -105,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_json(compare or reports[0], args.json)
         print(f"wrote {args.json}")
+    # matplotlib is imported only here, so `sparse-serve serve` does not pay for it
+    from loadtests.plots import loadtest_plots
+    from loadtests.report_page import write_loadtest_page
+
     folder = args.report_dir or Path("out") / time.strftime("loadtest-%Y%m%d-%H%M%S")
     pngs = loadtest_plots({t.label: state.results[t.label] for t in targets}, folder)
     page = write_loadtest_page(folder / "index.html", reports, compare, pngs)

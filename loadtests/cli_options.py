@@ -10,6 +10,7 @@ loopback addresses. Output: `--json`, `--save-detailed`, `--report-dir`,
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import httpx
@@ -68,6 +69,11 @@ def targets_from_args(args: argparse.Namespace) -> list[Target]:
     if args.request_timeout <= 0:
         raise ValueError("--request-timeout must be > 0")
     return targets
+
+
+def quiet_http_logs() -> None:
+    """Keep httpx's per-request INFO lines out of the progress output."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 async def resolve_models(targets: list[Target]) -> list[Target]:

@@ -25,19 +25,19 @@ def test_bad_input_is_a_clear_error(argv: list[str], message: str, capsys) -> No
 @pytest.mark.slow
 def test_live_run_writes_table_json_and_heatmap(live_server, tmp_path: Path, capsys) -> None:
     argv = ["--base-url", live_server.url, "--tokenizer", str(live_server.model_dir),
-            "--tasks", "niah_single,variable_tracking", "--lengths", "1024,2048", "--samples", "2",
+            "--tasks", "niah_single,variable_tracking", "--lengths", "512,1024", "--samples", "2",
             "--depths", "0.25,0.75", "--json", str(tmp_path / "eval.json"), "--report-dir", str(tmp_path / "report"),
             "--save-detailed", "--no-progress"]
     if live_server.api_key:
         argv += ["--api-key", live_server.api_key]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "| task | 1024 | 2048 |" in out and "| niah_single |" in out and "| variable_tracking |" in out
+    assert "| task | 512 | 1024 |" in out and "| niah_single |" in out and "| variable_tracking |" in out
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["model_id"] == live_server.model and report["native_length"] == 8192
     assert len(report["cells"]) == 4 and all(c["completed"] == 2 for c in report["cells"])
     assert all(0 <= c["accuracy"] <= 100 and c["mean_ttft_ms"] > 0 for c in report["cells"])
-    assert {(d["length"], d["depth"]) for d in report["depth_cells"]} == {(1024, 0.25), (1024, 0.75), (2048, 0.25), (2048, 0.75)}
+    assert {(d["length"], d["depth"]) for d in report["depth_cells"]} == {(512, 0.25), (512, 0.75), (1024, 0.25), (1024, 0.75)}
     assert len(report["outcomes"]) == 8 and all(o["success"] for o in report["outcomes"])
     assert all(o["prediction"] for o in report["outcomes"])
     assert (tmp_path / "report" / "needle_depth_heatmap.png").stat().st_size > 5000
