@@ -1,0 +1,117 @@
+"""One interface over every pattern and executor: plan an index, run it.
+
+``estimate_index(q, k, params)`` plans a :class:`SparseIndex` (once per batch, say);
+``run_index(q, k, v, index, backend=...)`` executes it (per layer); ``sparse_attention``
+does both, and runs dense SDPA for :class:`DenseParams`. Backends:
+
+* ``"reference"``: exact masked softmax, O(N^2) memory (tests only);
+* ``"gather"``: gather + batched matmul CPU path (no compiler needed);
+* ``"flex"``: compiled FlexAttention with a ``BlockMask`` (CPU and CUDA);
+* ``"triton"``: the Triton flash-style kernel (CUDA, or CPU under ``TRITON_INTERPRET=1``);
+* ``"auto"``: ``triton`` on CUDA; on CPU ``flex`` when a C compiler is available (it was the
+  faster CPU path in our measurement, see ``benchmarks/prefill_ops.py``), else ``gather``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+from .a_shape import estimate_a_shape
+from .block_sparse import estimate_block_sparse
+from .dense import dense_attention
+from .executor_cpu import gather_attention
+from .flexprefill import estimate_flexprefill
+from .inputs import check_qkv
+from .patterns import (
+    AShapeParams,
+    BlockSparseParams,
+    DenseParams,
+    FlexPrefillParams,
+    PatternParams,
+    SparseParams,
+    VerticalSlashParams,
+)
+from .reference import masked_attention
+from .sparse_index import SparseIndex
+from .vertical_slash import estimate_vertical_slash
+
+Backend = Literal["auto", "reference", "gather", "flex", "triton"]
+
+_ESTIMATORS: dict[type, Callable[..., SparseIndex]] = {
+    AShapeParams: estimate_a_shape,
+    VerticalSlashParams: estimate_vertical_slash,
+    BlockSparseParams: estimate_block_sparse,
+    FlexPrefillParams: estimate_flexprefill,
+}
+
+
+def estimate_index(q: torch.Tensor, k: torch.Tensor, params: SparseParams, *, scale: float | None = None) -> SparseIndex:
+    """Plan the sparse index of a pattern: ``q [Hq, N, D]``, ``k [Hkv, N, D]`` -> :class:`SparseIndex`."""
+    estimator = _ESTIMATORS.get(type(params))
+    if estimator is None:
+        raise ValueError(f"no index estimator for {type(params).__name__} (dense attention needs no index)")
+    return estimator(q, k, params, scale=scale)
+
+
+def resolve_backend(backend: Backend, device: torch.device) -> Backend:
+    """The concrete backend ``"auto"`` stands for on ``device``."""
+    if backend != "auto":
+        if backend not in ("reference", "gather", "flex", "triton"):
+            raise ValueError(f"unknown backend {backend!r}")
+        return backend
+    if device.type == "cuda":
+        return "triton"
+    return "flex" if (shutil.which("cc") or shutil.which("gcc") or shutil.which("c++")) else "gather"
+
+
+def run_index(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    index: SparseIndex,
+    *,
+    scale: float | None = None,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Execute a planned index: ``q [Hq, N, D]``, ``k, v [Hkv, N, D]`` -> ``[Hq, N, D]``."""
+    chosen = resolve_backend(backend, q.device)
+    if chosen == "reference":
+        return masked_attention(q, k, v, index, scale=scale)
+    if chosen == "gather":
+        return gather_attention(q, k, v, index, scale=scale)
+    if chosen == "flex":
+        from .executor_flex import flex_sparse_attention
+
+        return flex_sparse_attention(q, k, v, index, scale=scale)
+    from .triton_kernels import triton_sparse_attention
+
+    return triton_sparse_attention(q, k, v, index, scale=scale)
+
+
+def sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    params: PatternParams,
+    *,
+    scale: float | None = None,
+    causal: bool = True,
+    backend: Backend = "auto",
+    index: SparseIndex | None = None,
+) -> torch.Tensor:
+    """Causal sparse prefill attention with one pattern.
+
+    ``q [Hq, N, D]``, ``k, v [Hkv, N, D]`` (bf16, fp16 or fp32; ``Hq`` a multiple of ``Hkv``)
+    -> ``[Hq, N, D]``. ``index`` reuses a plan made earlier by :func:`estimate_index` with the
+    same parameters. Only ``causal=True`` is supported.
+    """
+    check_qkv(q, k, v, scale=scale, causal=causal)
+    if isinstance(params, DenseParams):
+        return dense_attention(q, k, v, scale=scale)
+    if index is None:
+        index = estimate_index(q, k, params, scale=scale)
+    return run_index(q, k, v, index, scale=scale, backend=backend)

@@ -1,0 +1,40 @@
+import torch
+
+from attention_backends.block_sparse import estimate_block_sparse, mean_pool_blocks, pooled_block_scores
+from attention_backends.patterns import BlockSparseParams
+
+from sparse_cases import random_qkv
+
+
+def test_mean_pool_handles_a_short_last_block():
+    x = torch.arange(10, dtype=torch.float32).view(1, 10, 1)
+    assert mean_pool_blocks(x, 4).flatten().tolist() == [1.5, 5.5, 8.5]
+
+
+def test_pooled_scores_are_causal():
+    q, k, _ = random_qkv(100)
+    logits = pooled_block_scores(q, k, 16, 0.25)
+    assert logits.shape == (4, 7, 7)
+    assert torch.isinf(logits.triu(1)[..., 0, 1:]).all()
+    assert torch.isfinite(logits.tril()[..., -1, :]).all()
+
+
+def test_budget_sink_diagonal_and_planted_block():
+    q, k, _ = random_qkv(320, q_heads=2, kv_heads=1)
+    direction = torch.randn(16)
+    k[0, 5 * 16 : 6 * 16] = direction * 3  # key block 5 matches every query
+    q[:] = direction * 2 + 0.1 * torch.randn_like(q)
+    index = estimate_block_sparse(q, k, BlockSparseParams(top_k=3, block_size=16))
+    index.validate()
+    mask = index.block_mask()
+    assert (index.block_counts <= 3).all()
+    assert mask.diagonal(dim1=1, dim2=2).all()
+    assert mask[:, 1:, 0].all()
+    assert mask[:, 7:, 5].all()
+
+
+def test_deterministic():
+    q, k, _ = random_qkv(200)
+    a = estimate_block_sparse(q, k, BlockSparseParams(top_k=4, block_size=16))
+    b = estimate_block_sparse(q.clone(), k.clone(), BlockSparseParams(top_k=4, block_size=16))
+    assert torch.equal(a.block_mask(), b.block_mask())
