@@ -29,7 +29,7 @@ def _constructed_heads() -> tuple[torch.Tensor, torch.Tensor]:
     for blk in SCATTERED:
         k[0, blk * B : (blk + 1) * B] += 2.0 * u
     # head 1: high-frequency rotations make q_i . k_j peak at i == j and average out in block means
-    freqs = torch.linspace(0.7, 3.0, D // 2)
+    freqs = torch.exp(torch.linspace(math.log(0.7), math.log(3.0), D // 2))
     cos, sin = _rotations(torch.arange(N), freqs)
     amp = 3.0
     q[1] = torch.cat([cos, sin], dim=1) * amp
