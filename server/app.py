@@ -9,7 +9,10 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import APIError, install_error_handlers
-from server.openai_api import ServerState, router
+from server.access_log import AccessLog
+from server.body_limit import BodyLimit
+from server.openai_api import router
+from server.state import ServerState
 
 _BEARER = "bearer "
 
@@ -41,22 +44,35 @@ class APIKeyGuard:
         await self.app(scope, receive, send)
 
 
-def create_app(state: ServerState, api_key: str | None = None) -> FastAPI:
-    """Build the app around a started engine; `api_key` guards /v1/* when set."""
+def create_app(state: ServerState, api_key: str | None = None,
+               max_body_bytes: int = 8 * 1024 * 1024) -> FastAPI:
+    """Build the app around a started engine; `api_key` guards /v1/* when set.
+
+    Middleware, outermost first: access log (request id) -> API key -> body limit -> routes.
+    """
     app = FastAPI(title="sparse-serve", version="0.1.0",
                   description="OpenAI-compatible long-context inference with sparse attention.")
     app.state.server = state
     install_error_handlers(app)
     app.include_router(router)
 
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     if api_key:
         app.add_middleware(APIKeyGuard, api_key=api_key)
+    app.add_middleware(AccessLog)
 
     @app.get("/health")
     async def health() -> JSONResponse:
         if state.engine.dead:
             return APIError(503, "the inference engine has stopped", code="engine_dead").response()
         return JSONResponse({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: fails while draining for shutdown (load balancers stop sending), or when dead."""
+        if state.lifecycle.draining:
+            return APIError(503, "the server is shutting down", code="shutting_down").response()
+        return await health()
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -8,11 +8,13 @@ import time
 
 import uvicorn
 
+from server.admission import Admission
 from server.app import create_app
 from server.engine import Engine, served_name
 from server.metrics import ServerMetrics
 from server.model_prep import ensure_model
-from server.openai_api import ServerState
+from server.shutdown import DrainingServer
+from server.state import ServerState
 from server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -27,10 +29,14 @@ async def _serve(settings: ServerSettings) -> None:
     metrics = ServerMetrics(served_name(settings, model_dir))
     engine = Engine.start(settings, model_dir, stat_loggers=[metrics.stat_logger_factory()])
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
-    app = create_app(ServerState(engine=engine, metrics=metrics), api_key=api_key)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            log_level=settings.log_level, timeout_graceful_shutdown=30)
-    server = uvicorn.Server(config)
+    state = ServerState(
+        engine=engine, metrics=metrics,
+        admission=Admission(settings.max_waiting_requests, settings.max_queued_prompt_tokens),
+        request_timeout_s=settings.request_timeout_s, max_messages=settings.max_messages)
+    app = create_app(state, api_key=api_key, max_body_bytes=settings.max_body_bytes)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False,
+                            log_level=settings.log_level, timeout_graceful_shutdown=5)
+    server = DrainingServer(config, state, settings.shutdown_grace_s)
     logger.info("serving %s on http://%s:%d (ready %.1f s after launch, API key %s)",
                 engine.model_id, settings.host, settings.port, time.perf_counter() - t0,
                 "required" if api_key else "off")

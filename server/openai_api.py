@@ -7,16 +7,16 @@ runs through `run_generation` and is rendered as one JSON response or as an SSE 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
 from vllm.outputs import RequestOutput
 
 from server.engine import Engine
 from server.errors import APIError
-from server.generation import run_generation
+from server.generation import admit, run_generation
+from server.state import ServerState
 from server.logprobs import chat_logprobs, completion_logprobs
-from server.metrics import ServerMetrics
 from server.sampling import resolve_max_tokens, sampling_params
 from server.schemas import (
     AssistantMessage,
@@ -44,9 +44,27 @@ router = APIRouter(prefix="/v1")
 
 
 @dataclass
-class ServerState:
-    engine: Engine
-    metrics: ServerMetrics
+class Choice:
+    """One choice accumulated from streamed deltas (same attribute names as vLLM's output)."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list | None = None
+    finish_reason: str | None = None
+
+
+async def _collect(stream: AsyncIterator[RequestOutput]) -> list[Choice]:
+    choices: dict[int, Choice] = {}
+    async for out in stream:
+        for c in out.outputs:
+            acc = choices.setdefault(c.index, Choice(c.index))
+            acc.text += c.text
+            acc.token_ids.extend(c.token_ids)
+            if c.logprobs is not None:
+                acc.logprobs = (acc.logprobs or []) + list(c.logprobs)
+            acc.finish_reason = c.finish_reason or acc.finish_reason
+    return [choices[i] for i in sorted(choices)]
 
 
 def _state(request: Request) -> ServerState:
@@ -59,16 +77,8 @@ def _check_model(state: ServerState, req: SamplingFields) -> None:
                        f"'{state.engine.model_id}'.", param="model", code="model_not_found")
 
 
-def _usage(prompt_tokens: int, final: RequestOutput) -> Usage:
-    return Usage.of(prompt_tokens, sum(len(c.token_ids) for c in final.outputs))
-
-
-async def _final(stream: AsyncIterator[RequestOutput]) -> RequestOutput:
-    last = None
-    async for out in stream:
-        last = out
-    assert last is not None, "engine finished without output"
-    return last
+def _usage(prompt_tokens: int, choices: list[Choice]) -> Usage:
+    return Usage.of(prompt_tokens, sum(len(c.token_ids) for c in choices))
 
 
 @router.get("/models")
@@ -98,6 +108,7 @@ async def completions(req: CompletionRequest, request: Request):
     max_tokens = resolve_max_tokens(len(prompt_ids), req.max_tokens, DEFAULT_COMPLETION_MAX_TOKENS,
                                     engine.max_model_len)
     params = sampling_params(req, max_tokens, req.logprobs)
+    ticket = admit(state, params, prompt_ids)
     rid, created = new_id("cmpl"), now()
     top = req.logprobs or 0
 
@@ -108,7 +119,7 @@ async def completions(req: CompletionRequest, request: Request):
                                 finish_reason=c.finish_reason)
 
     if req.stream:
-        gen = run_generation(engine, state.metrics, prompt_ids, params, rid, None)
+        gen = run_generation(state, ticket, prompt_ids, params, rid, request, False)
 
         async def chunks() -> AsyncIterator[CompletionResponse]:
             completion_tokens = 0
@@ -123,11 +134,11 @@ async def completions(req: CompletionRequest, request: Request):
                 yield CompletionResponse(id=rid, created=created, model=engine.model_id, choices=[],
                                          usage=Usage.of(len(prompt_ids), completion_tokens))
 
-        return sse_response(chunks())
+        return sse_response(chunks(), ticket.release)
 
-    final = await _final(run_generation(engine, state.metrics, prompt_ids, params, rid, request))
+    final = await _collect(run_generation(state, ticket, prompt_ids, params, rid, request, True))
     return CompletionResponse(id=rid, created=created, model=engine.model_id,
-                              choices=[choice(c) for c in final.outputs],
+                              choices=[choice(c) for c in final],
                               usage=_usage(len(prompt_ids), final))
 
 
@@ -136,6 +147,9 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     state = _state(request)
     engine = state.engine
     _check_model(state, req)
+    if len(req.messages) > state.max_messages:
+        raise APIError(400, f"too many messages: {len(req.messages)} (limit {state.max_messages})",
+                       param="messages", code="invalid_value")
     try:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
     except ValueError as exc:
@@ -146,6 +160,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
                                     engine.max_model_len, limit_param)
     top = req.top_logprobs or 0
     params = sampling_params(req, max_tokens, top if req.logprobs else None)
+    ticket = admit(state, params, prompt_ids)
     rid, created = new_id("chatcmpl"), now()
 
     def lps(c):
@@ -154,7 +169,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
         return chat_logprobs(c.token_ids, c.logprobs, top, engine.decode_token)
 
     if req.stream:
-        gen = run_generation(engine, state.metrics, prompt_ids, params, rid, None)
+        gen = run_generation(state, ticket, prompt_ids, params, rid, request, False)
 
         def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
             return ChatCompletionChunk(id=rid, created=created, model=engine.model_id,
@@ -175,12 +190,12 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
             if req.stream_options and req.stream_options.include_usage:
                 yield chunk([], Usage.of(len(prompt_ids), completion_tokens))
 
-        return sse_response(chunks())
+        return sse_response(chunks(), ticket.release)
 
-    final = await _final(run_generation(engine, state.metrics, prompt_ids, params, rid, request))
+    final = await _collect(run_generation(state, ticket, prompt_ids, params, rid, request, True))
     return ChatCompletionResponse(
         id=rid, created=created, model=engine.model_id,
         choices=[ChatChoice(index=c.index, message=AssistantMessage(content=c.text),
                             logprobs=lps(c), finish_reason=c.finish_reason)
-                 for c in final.outputs],
+                 for c in final],
         usage=_usage(len(prompt_ids), final))

@@ -41,10 +41,10 @@ def resolve_max_tokens(prompt_len: int, requested: int | None, default: int | No
 
 
 def sampling_params(req: SamplingFields, max_tokens: int, logprobs: int | None) -> SamplingParams:
-    """vLLM sampling parameters; streaming requests get deltas, others only the final output."""
-    kind = RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY
+    """vLLM sampling parameters. Outputs always come as deltas, also for non-streaming requests, so
+    that the server sees the first token (TTFT metrics, admission) and accumulates the rest."""
     try:
-        return _build(req, max_tokens, logprobs, kind)
+        return _build(req, max_tokens, logprobs, RequestOutputKind.DELTA)
     except VLLMValidationError as exc:
         raise APIError(400, exc.args[0] if exc.args else str(exc), param=exc.parameter,
                        code="invalid_value") from exc

@@ -66,6 +66,23 @@ class ServerSettings(BaseSettings):
     distributed_executor_backend: Literal["mp", "ray"] | None = Field(
         None, description="Multi-process executor: mp (one node) or ray (multi-node). Default: vLLM's."
     )
+    max_waiting_requests: int = Field(
+        128, ge=1,
+        description="Admission bound: requests accepted but not yet streaming their first token. "
+        "Beyond it new requests get 429 with Retry-After at once.")
+    max_queued_prompt_tokens: int = Field(
+        131072, ge=1,
+        description="Admission bound on the prompt tokens of those waiting requests (a single "
+        "request larger than this is still admitted when nothing else waits).")
+    request_timeout_s: float = Field(
+        900.0, gt=0, description="Server-side limit per request; on expiry the engine request is "
+        "aborted and the client gets a 504 (or an error event when streaming).")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM: new requests get 503 and /ready fails; in-flight "
+        "requests may finish for this long, then are aborted with an error event.")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 beyond).")
+    max_messages: int = Field(1024, ge=1, description="Most messages in one chat request.")
     seed: int = Field(0, description="Engine random seed (requests may pass their own `seed`).")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the server."

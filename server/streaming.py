@@ -3,10 +3,11 @@ the engine fails mid-stream, and always a closing ``data: [DONE]``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 
 from server.errors import APIError
 from server.generation import engine_error
@@ -28,6 +29,21 @@ async def _events(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
     yield sse_event("[DONE]")
 
 
-def sse_response(chunks: AsyncIterator[BaseModel]) -> StreamingResponse:
-    return StreamingResponse(_events(chunks), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+class _SSEResponse(StreamingResponse):
+    """Runs `on_close` however the response ends, even if the body was never started (a client
+    gone before the headers): the admission ticket must never leak."""
+
+    def __init__(self, chunks: AsyncIterator[BaseModel], on_close: Callable[[], None]) -> None:
+        super().__init__(_events(chunks), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+def sse_response(chunks: AsyncIterator[BaseModel], on_close: Callable[[], None]) -> StreamingResponse:
+    return _SSEResponse(chunks, on_close)

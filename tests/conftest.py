@@ -7,6 +7,7 @@ and with an API key, so every test also exercises auth.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -96,6 +97,22 @@ def stop_server(proc: subprocess.Popen, timeout: float = 60) -> int | None:
         pass
     proc.wait(10)
     return proc.returncode
+
+
+@pytest.fixture(scope="session")
+def launch_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A context-manager factory for extra servers with other flags (stopped on exit from `with`)."""
+
+    @contextlib.contextmanager
+    def launch(*extra: str, api_key: str | None = LIVE_API_KEY):
+        log_path = tmp_path_factory.mktemp("server") / "server.log"
+        proc, server = start_server(model_dir, log_path, *extra, api_key=api_key)
+        try:
+            yield proc, server
+        finally:
+            stop_server(proc)
+
+    return launch
 
 
 @pytest.fixture(scope="session")
