@@ -20,6 +20,7 @@ def plot_depth_heatmaps(reports: Mapping[str, EvalReport], path: Path) -> Path |
     if not tasks:
         return None
     fig, axes = plt.subplots(len(reports), len(tasks), figsize=(3.2 * len(tasks) + 1, 3.0 * len(reports)), squeeze=False)
+    fig.subplots_adjust(wspace=0.35, hspace=0.45)
     image = None
     for row, (label, report) in enumerate(reports.items()):
         for col, task in enumerate(tasks):
@@ -37,7 +38,8 @@ def plot_depth_heatmaps(reports: Mapping[str, EvalReport], path: Path) -> Path |
             ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=8)
             ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=8)
             ax.set_xlabel("context length (tokens)", fontsize=8)
-            ax.set_ylabel("needle depth", fontsize=8)
+            if col == 0:
+                ax.set_ylabel("needle depth", fontsize=8)
             ax.set_title(f"{label}: {task}", fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy %")

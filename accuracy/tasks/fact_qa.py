@@ -1,9 +1,11 @@
 """Synthetic fact QA: answer a question about one fact among many (RULER QA-style).
 
-Ten invented facts (town founding years, hometowns, ship cargos, recipe
-quantities) about made-up names are planted in filler prose; the question
+Ten invented facts (founding years, hometowns, ship cargos, suppliers'
+places) about made-up names are planted in filler prose; the question
 targets the one at the requested depth. Nothing is downloaded and no answer
-can come from world knowledge. Scored with string_match_part.
+can come from world knowledge; answers are all distinct and none is a common
+substring (4-digit years, cargo nouns, made-up place names). Scored with
+string_match_part.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from loadtests.filler import distinct_pseudo_words
 
 FACTS = 10
 INTRO = "Read the text below carefully; it contains facts you will be asked about."
-CARGOS = ("copper", "salt", "silk", "timber", "marble", "coffee", "cotton", "tin", "ivory", "pepper", "wool", "amber")
+CARGOS = ("copper", "salt", "silk", "timber", "marble", "coffee", "cotton", "ivory", "pepper", "wool", "amber", "cinnamon")
 # (fact, question, value drawer): {e} is a made-up name, {v} the answer
 _KINDS = (
     ("The village of {e} was founded in the year {v}.", "In which year was the village of {e} founded?",
@@ -26,8 +28,8 @@ _KINDS = (
      "In which town did the sculptor {e} spend most of her life?", lambda rng: distinct_pseudo_words(rng, 1)[0].title()),
     ("On its last voyage the ship {e} carried a cargo of {v}.", "What cargo did the ship {e} carry on its last voyage?",
      lambda rng: rng.choice(CARGOS)),
-    ("The soup of the chef {e} needs exactly {v} grams of barley.", "How many grams of barley does the soup of the chef {e} need?",
-     lambda rng: str(rng.randint(101, 989))),
+    ("The chef {e} buys all of his barley from a farm near {v}.", "Near which place is the farm where the chef {e} buys his barley?",
+     lambda rng: distinct_pseudo_words(rng, 1)[0].title()),
 )
 
 
