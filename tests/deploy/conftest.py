@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from deploy_checks import DEPLOY, INSTALL_TIMEOUT_S, REPO, Tools
+# The test modules import deploy_checks: keep it importable under any pytest --import-mode.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from deploy_checks import DEPLOY, INSTALL_TIMEOUT_S, REPO, Tools  # noqa: E402
 
 
 @pytest.fixture(scope="session")
