@@ -19,7 +19,8 @@ from loadtests.filler import distinct_pseudo_words
 
 FACTS = 10
 INTRO = "Read the text below carefully; it contains facts you will be asked about."
-CARGOS = ("copper", "salt", "silk", "timber", "marble", "coffee", "cotton", "ivory", "pepper", "wool", "amber", "cinnamon")
+# none of these occurs in the filler phrase bank, so the answer appears only in its fact
+CARGOS = ("salt", "silk", "timber", "marble", "coffee", "cotton", "ivory", "pepper", "amber", "cinnamon", "porcelain", "indigo")
 # (fact, question, value drawer): {e} is a made-up name, {v} the answer
 _KINDS = (
     ("The village of {e} was founded in the year {v}.", "In which year was the village of {e} founded?",

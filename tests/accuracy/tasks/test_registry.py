@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from accuracy.tasks.fact_qa import CARGOS
 from accuracy.tasks.registry import TASKS, generate_samples, parse_numbers, parse_tasks
+from loadtests.filler import ADJECTIVES, ADVERBIALS, OBJECTS, SUBJECTS, VERBS
 
 LENGTHS = [2048, 8192]
 DEPTHS = [0.0, 0.5, 1.0]
@@ -36,6 +38,7 @@ def test_needles_sit_at_the_requested_depth(samples, tokenizer) -> None:
             assert s.depth is None
             continue
         assert s.depth == DEPTHS[s.index % len(DEPTHS)]
+        assert s.prompt.count(s.answers[0]) == 1, (s.task, s.answers[0])  # only in its needle
         document = s.prompt.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
         # the target needle is the sentence that carries the first answer
         start = document.rindex(".", 0, document.index(s.answers[0])) + 1 if "." in document[: document.index(s.answers[0])] else 0
@@ -43,6 +46,11 @@ def test_needles_sit_at_the_requested_depth(samples, tokenizer) -> None:
         assert measured == pytest.approx(s.depth, abs=0.03), (s.task, s.length, s.depth)
         checked += 1
     assert checked == 5 * len(LENGTHS) * 3
+
+
+def test_cargo_answers_never_occur_in_filler() -> None:
+    bank = " ".join(SUBJECTS + VERBS + OBJECTS + ADVERBIALS + ADJECTIVES).lower()
+    assert not [cargo for cargo in CARGOS if cargo in bank]
 
 
 def test_same_seed_same_samples(tokenizer) -> None:
