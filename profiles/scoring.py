@@ -1,0 +1,124 @@
+"""Per-head scoring of candidate sparse patterns on one layer's captured q/k.
+
+For each candidate pattern (A-shape, vertical-slash over a (v, s) grid, block-sparse over
+top-k, FlexPrefill over gamma; MInference / FlexPrefill ideas), the index is planned for all
+heads at once and scored per head by the recall of exact attention mass on query rows from
+the later half of the sequence (:func:`attention_backends.attention_recall`, computed in row
+chunks, so no N x N matrix is held) and by density. The cheapest candidate that meets the
+target recall at every calibration length wins; dense when none does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attention_backends import (
+    AShapeParams,
+    BlockSparseParams,
+    DenseParams,
+    FlexPrefillParams,
+    PatternParams,
+    SparseParams,
+    VerticalSlashParams,
+    attention_recall,
+    estimate_index,
+)
+
+BLOCK_SIZE = 64
+
+PATTERN_COST: dict[str, float] = {"a_shape": 1.0, "block_sparse": 1.0, "vertical_slash": 1.5, "flexprefill": 1.5}
+"""Relative time per kept pair of each pattern (cost = density x this). Assumed, not yet measured:
+A-shape and block-sparse run whole aligned blocks; vertical-slash and FlexPrefill also pay for
+their online estimation and a per-column gather."""
+
+
+def candidate_grid(min_len: int, block_size: int = BLOCK_SIZE) -> list[SparseParams]:
+    """Candidates with budgets as fractions (1/32 .. 1/4) of the shortest calibration length ``min_len``."""
+    if min_len < 4 * block_size:
+        raise ValueError(f"calibration length {min_len} is too short: need at least {4 * block_size} tokens")
+    fractions = (32, 16, 8, 4)
+    budgets = sorted({max(block_size, (min_len // f) // block_size * block_size) for f in fractions})
+    sink = min(128, block_size)
+    last_q = min(64, block_size)
+    out: list[SparseParams] = []
+    out += [AShapeParams(block_size=block_size, n_init=sink, n_local=b) for b in budgets]
+    out += [
+        VerticalSlashParams(block_size=block_size, last_q=last_q, n_vertical=b, n_slash=b, n_sink=min(30, b), n_recent=min(64, b))
+        for b in budgets
+    ]
+    out += [BlockSparseParams(block_size=block_size, top_k=max(2, b // block_size)) for b in budgets]
+    out += [
+        FlexPrefillParams(block_size=block_size, gamma=g, min_budget=budgets[0], n_sink=min(30, budgets[0]), n_recent=min(64, budgets[0]))
+        for g in (0.9, 0.95, 0.99)
+    ]
+    return out
+
+
+def late_rows(seq_len: int, count: int) -> torch.Tensor:
+    """``min(count, N - N//2)`` evenly spaced query rows from the later half, last row included: ``int64 [R]``."""
+    if count <= 0:
+        raise ValueError(f"query row count must be positive; got {count}")
+    start = seq_len // 2
+    if count >= seq_len - start:
+        return torch.arange(start, seq_len)
+    return torch.linspace(start, seq_len - 1, count).round().long().unique()
+
+
+@dataclass(frozen=True)
+class LayerScores:
+    """Scores of every candidate on one layer: ``recall, density float32 [C, Hq]`` (C = len(candidates))."""
+
+    candidates: list[SparseParams]
+    recall: torch.Tensor
+    density: torch.Tensor
+
+
+@torch.no_grad()
+def score_layer(q: torch.Tensor, k: torch.Tensor, candidates: list[SparseParams], rows: torch.Tensor) -> LayerScores:
+    """Recall and per-head density of each candidate: ``q [Hq, N, D]`` (post-RoPE), ``k [Hkv, N, D]``."""
+    n = q.shape[1]
+    causal_pairs = n * (n + 1) / 2
+    recalls, densities = [], []
+    for params in candidates:
+        index = estimate_index(q, k, params)
+        recalls.append(attention_recall(q, k, index, rows=rows))
+        densities.append(index.pair_counts().double() / causal_pairs)
+    return LayerScores(candidates, torch.stack(recalls).float(), torch.stack(densities).float())
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    """The pattern chosen for one head with its worst-case recall and density over lengths."""
+
+    params: PatternParams
+    recall: float
+    density: float
+
+
+def choose_patterns(per_length: list[LayerScores], target_recall: float) -> list[HeadChoice]:
+    """Per head, the cheapest candidate whose recall meets ``target_recall`` at every length.
+
+    Aggregation is conservative: a candidate's recall is its minimum and its density its maximum
+    over the lengths. Cost is density times :data:`PATTERN_COST`; ties go to the earlier candidate. Dense (recall 1,
+    density 1) when no candidate qualifies.
+    """
+    if not per_length:
+        raise ValueError("no calibration lengths were scored")
+    if not 0.0 < target_recall <= 1.0:
+        raise ValueError(f"target recall must be in (0, 1]; got {target_recall}")
+    candidates = per_length[0].candidates
+    recall = torch.stack([s.recall for s in per_length]).amin(0)  # [C, Hq]
+    dens = torch.stack([s.density for s in per_length]).amax(0)
+    ok = recall >= target_recall
+    speed = torch.tensor([PATTERN_COST[c.pattern.value] for c in candidates]).unsqueeze(1)
+    cost = torch.where(ok, dens * speed, torch.full_like(dens, float("inf")))
+    choices = []
+    for h in range(recall.shape[1]):
+        best = int(torch.argmin(cost[:, h]).item())
+        if not bool(ok[best, h]):
+            choices.append(HeadChoice(DenseParams(block_size=candidates[0].block_size), 1.0, 1.0))
+        else:
+            choices.append(HeadChoice(candidates[best], float(recall[best, h]), float(dens[best, h])))
+    return choices
