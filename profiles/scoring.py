@@ -3,8 +3,8 @@
 For each candidate pattern (A-shape, vertical-slash over a (v, s) grid, block-sparse over
 top-k, FlexPrefill over gamma; MInference / FlexPrefill ideas), the index is planned for all
 heads at once and scored per head by the recall of exact attention mass on query rows from
-the later half of the sequence (:func:`attention_backends.attention_recall`, computed in row
-chunks, so no N x N matrix is held) and by density. The cheapest candidate that meets the
+the later half of the sequence (the exact softmax of those R rows is computed once per layer,
+``[Hq, R, N]``, and shared by all candidates, so no N x N matrix is held) and by density. The cheapest candidate that meets the
 target recall at every calibration length wins; dense when none does.
 """
 
@@ -22,9 +22,9 @@ from attention_backends import (
     PatternParams,
     SparseParams,
     VerticalSlashParams,
-    attention_recall,
     estimate_index,
 )
+from attention_backends.inputs import check_qk, expand_kv
 
 BLOCK_SIZE = 64
 
@@ -76,14 +76,25 @@ class LayerScores:
 
 
 @torch.no_grad()
+def exact_row_probs(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Exact causal attention of some query rows: ``q [Hq, N, D]``, ``k [Hkv, N, D]``, ``rows [R]`` -> ``float32 [Hq, R, N]``."""
+    shape = check_qk(q, k)
+    keys = expand_kv(k, shape.group_size).float()
+    scores = torch.matmul(q[:, rows].float(), keys.transpose(1, 2)) * shape.scale
+    ahead = torch.arange(shape.seq_len, device=q.device) > rows.unsqueeze(1)
+    return torch.softmax(scores.masked_fill_(ahead, float("-inf")), dim=-1)
+
+
+@torch.no_grad()
 def score_layer(q: torch.Tensor, k: torch.Tensor, candidates: list[SparseParams], rows: torch.Tensor) -> LayerScores:
     """Recall and per-head density of each candidate: ``q [Hq, N, D]`` (post-RoPE), ``k [Hkv, N, D]``."""
     n = q.shape[1]
     causal_pairs = n * (n + 1) / 2
+    probs = exact_row_probs(q, k, rows)
     recalls, densities = [], []
     for params in candidates:
         index = estimate_index(q, k, params)
-        recalls.append(attention_recall(q, k, index, rows=rows))
+        recalls.append((probs * index.row_mask(rows)).sum(dim=2).mean(dim=1))
         densities.append(index.pair_counts().double() / causal_pairs)
     return LayerScores(candidates, torch.stack(recalls).float(), torch.stack(densities).float())
 

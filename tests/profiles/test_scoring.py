@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attention_backends import AShapeParams, DenseParams, Pattern
+from attention_backends import AShapeParams, DenseParams, Pattern, attention_recall, estimate_index
 from profiles.scoring import candidate_grid, choose_patterns, late_rows, score_layer
 
 N, D = 1024, 32
@@ -77,3 +77,16 @@ def test_bad_inputs_raise() -> None:
         late_rows(100, 0)
     with pytest.raises(ValueError, match="target recall"):
         choose_patterns([score_layer(torch.randn(1, 256, 8), torch.randn(1, 256, 8), candidate_grid(256)[:1], late_rows(256, 8))], 1.5)
+
+
+def test_scores_match_attention_recall() -> None:
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(4, 512, 16, generator=gen)
+    k = torch.randn(2, 512, 16, generator=gen)
+    rows = late_rows(512, 40)
+    candidates = candidate_grid(512)
+    scores = score_layer(q, k, candidates, rows)
+    for c, params in enumerate(candidates):
+        index = estimate_index(q, k, params)
+        torch.testing.assert_close(scores.recall[c], attention_recall(q, k, index, rows=rows), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(scores.density[c].mean().item(), index.density(), atol=1e-6, rtol=1e-6)
