@@ -14,16 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from attention_backends import (
-    AShapeParams,
-    BlockSparseParams,
-    DenseParams,
-    FlexPrefillParams,
-    PatternParams,
-    SparseParams,
-    VerticalSlashParams,
-    estimate_index,
-)
+from attention_backends import estimate_index
+from attention_backends.patterns import AShapeParams, BlockSparseParams, DenseParams, FlexPrefillParams
+from attention_backends.patterns import PatternParams, SparseParams, VerticalSlashParams
 from attention_backends.inputs import check_qk, expand_kv
 
 BLOCK_SIZE = 64
