@@ -235,15 +235,14 @@ def test_metrics_count_ttft_of_requests(client, live_server):
         assert family in after
 
 
-def _wait_gauge_zero(server, name: str, timeout_s: float = 10.0) -> float:
-    deadline = time.monotonic() + timeout_s
-    value = -1.0
-    while time.monotonic() < deadline:
-        value = _metric(httpx.get(f"{server.url}/metrics", timeout=10).text, name)
-        if value == 0:
-            return value
-        time.sleep(0.2)
-    return value
+def _seconds_until_zero(server, name: str, timeout_s: float = 10.0) -> float:
+    """Seconds until gauge `name` reads 0 (inf if it does not within `timeout_s`)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if _metric(httpx.get(f"{server.url}/metrics", timeout=10).text, name) == 0:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    return float("inf")
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -259,5 +258,8 @@ def test_client_disconnect_aborts_engine_request(live_server, stream):
             with pytest.raises(httpx.ReadTimeout):
                 http.post(f"{live_server.url}/v1/completions", json=body,
                           headers=live_server.headers, timeout=3)
-    assert _wait_gauge_zero(live_server, "sparse_serve:num_requests_running") == 0
-    assert _wait_gauge_zero(live_server, "sparse_serve:http_requests_in_flight") == 0
+    # The engine's scheduler gauge: the abort reached the engine and freed the request, within 1 s.
+    elapsed = _seconds_until_zero(live_server, "sparse_serve:num_requests_running")
+    print(f"engine running gauge back to 0 {elapsed:.2f} s after the disconnect")
+    assert elapsed <= 1.0
+    assert _seconds_until_zero(live_server, "sparse_serve:http_requests_in_flight") <= 1.0
