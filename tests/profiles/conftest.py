@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-DEFAULT_MODEL = Path.home() / ".cache" / "sparse-serve" / "models" / "smollm2-135m-instruct"
+from profiles.cli import DEFAULT_MODEL_DIR as DEFAULT_MODEL
 
 
 @pytest.fixture(scope="session")
