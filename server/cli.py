@@ -69,6 +69,7 @@ def _cmd_prepare_model(args: argparse.Namespace) -> int:
 
 # Subcommands provided by the other packages: (name, module with add_arguments/run, summary).
 _TOOLS = [
+    ("profile", "profiles.cli", "build, show or check a per-head sparse attention profile"),
     ("loadtest", "loadtests.cli", "load-test an OpenAI-compatible server on a loopback address"),
     ("eval", "accuracy.cli", "RULER-style accuracy suite against an OpenAI-compatible server"),
 ]
