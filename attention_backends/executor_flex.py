@@ -114,8 +114,9 @@ def flex_sparse_attention(
 ) -> torch.Tensor:
     """Sparse causal attention over ``index`` with FlexAttention.
 
-    ``q [Hq, N, D]``, ``k, v [Hkv, N, D]`` -> ``[Hq, N, D]`` in ``q.dtype`` (float32 on CPU,
-    where the compiled kernel needs it; the input dtype on CUDA).
+    ``q [Hq, N, D]``, ``k, v [Hkv, N, D]`` -> ``[Hq, N, D]`` in ``q.dtype``; computed in
+    float32 on CPU and in the input dtype on CUDA. ``compiled=False`` runs the unfused
+    reference implementation (dense scores: small inputs and tests only).
     """
     shape = check_qkv(q, k, v, scale=scale)
     index.check_matches(shape.num_q_heads, shape.seq_len)

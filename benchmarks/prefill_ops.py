@@ -47,11 +47,11 @@ MODEL_HEADS = (9, 3, 64)  # SmolLM2-135M: query heads, key/value heads, head_dim
 
 
 def default_patterns() -> list[SparseParams]:
-    """Budgets chosen for 32K tokens (see the README section for how they were picked)."""
+    """Budgets for 32K tokens: the smallest of a sweep whose recall on the structured layer is ~0.95."""
     return [
-        AShapeParams(n_init=64, n_local=1024),
-        VerticalSlashParams(n_vertical=512, n_slash=64),
-        BlockSparseParams(top_k=16),
+        AShapeParams(n_init=64, n_local=2048),
+        VerticalSlashParams(n_vertical=2048, n_slash=256),
+        BlockSparseParams(top_k=32),
         FlexPrefillParams(gamma=0.9, tau=0.1, min_budget=512),
     ]
 
