@@ -6,7 +6,8 @@ requested layer the post-RoPE queries and keys, the values and the pre-RoPE keys
 ``[heads, N, head_dim]``. Forward hooks read the q/k/v projections and the layer's rotary
 ``(cos, sin)``; the forward stops after the last requested layer. Beyond the model's native
 context, YaRN RoPE scaling stretches the positions. Captures are cached on disk
-(``~/.cache/sparse-serve/captures``) keyed by model, length, layers, seed and scaling.
+(``~/.cache/sparse-serve/captures``) keyed by model, length, seed and layers; a capture of
+more layers serves any subset.
 """
 
 from __future__ import annotations
@@ -40,10 +41,22 @@ class CaptureConfig(BaseModel):
         """YaRN factor needed to reach ``seq_len`` (1.0 = no scaling)."""
         return 1.0 if self.seq_len <= native else float(2 ** math.ceil(math.log2(self.seq_len / native)))
 
+    def cache_stem(self) -> str:
+        """File-name prefix shared by every capture of this model, length and seed."""
+        digest = hashlib.sha256(str(self.model_dir.resolve()).encode()).hexdigest()[:8]
+        return f"{self.model_dir.name}-{digest}-n{self.seq_len}-s{self.seed}"
+
     def cache_path(self, cache_dir: Path) -> Path:
-        key = f"{self.model_dir.resolve()}|{self.seq_len}|{sorted(self.layers)}|{self.seed}|{self.rope_factor()}"
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return cache_dir / f"{self.model_dir.name}-n{self.seq_len}-{digest}.pt"
+        return cache_dir / f"{self.cache_stem()}-L{'_'.join(str(i) for i in sorted(set(self.layers)))}.pt"
+
+    def covering_cache(self, cache_dir: Path) -> Path | None:
+        """A cached capture of the same model/length/seed whose layers include all of ours."""
+        wanted = set(self.layers)
+        for path in sorted(cache_dir.glob(f"{self.cache_stem()}-L*.pt")):
+            layers = path.stem.rsplit("-L", 1)[1].split("_")
+            if all(part.isdigit() for part in layers) and wanted <= {int(part) for part in layers}:
+                return path
+        return None
 
 
 @dataclass(frozen=True)
@@ -169,15 +182,20 @@ def run_capture(config: CaptureConfig) -> list[LayerCapture]:
 
 
 def capture_qkv(config: CaptureConfig, cache_dir: Path | None = None) -> list[LayerCapture]:
-    """Captured layers for ``config``, from the disk cache when present, else computed and cached."""
+    """Captured layers for ``config``, from the disk cache when present, else computed and cached.
+
+    A cached capture of a superset of the layers (same model, length and seed) is reused.
+    """
     if not (config.model_dir / "config.json").is_file():
         raise FileNotFoundError(
             f"no model at {config.model_dir}: run `sparse-serve prepare-model` first (or use random tensors)"
         )
-    path = config.cache_path(cache_dir or default_cache_dir())
-    if path.is_file():
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        return [LayerCapture(**entry) for entry in stored]
+    cache_dir = cache_dir or default_cache_dir()
+    found = config.covering_cache(cache_dir) if cache_dir.is_dir() else None
+    if found is not None:
+        stored = torch.load(found, map_location="cpu", weights_only=True)
+        return [LayerCapture(**entry) for entry in stored if entry["layer"] in set(config.layers)]
+    path = config.cache_path(cache_dir)
     captures = run_capture(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

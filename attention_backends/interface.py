@@ -8,8 +8,10 @@ does both, and runs dense SDPA for :class:`DenseParams`. Backends:
 * ``"gather"``: gather + batched matmul CPU path (no compiler needed);
 * ``"flex"``: compiled FlexAttention with a ``BlockMask`` (CPU and CUDA);
 * ``"triton"``: the Triton flash-style kernel (CUDA, or CPU under ``TRITON_INTERPRET=1``);
-* ``"auto"``: ``triton`` on CUDA; on CPU ``flex`` when a C compiler is available (it was the
-  faster CPU path in our measurement, see ``benchmarks/prefill_ops.py``), else ``gather``.
+* ``"auto"``: ``triton`` on CUDA. On CPU, measured at 32K on captured heads (README):
+  ``gather`` was faster for column-free indices (A-shape, block-sparse: 7.5x vs 4.9x over
+  dense at density 0.067), compiled ``flex`` for indices with key columns (FlexPrefill: 1.95x
+  vs 1.6x); so ``gather`` without columns, ``flex`` with columns when a C compiler exists.
 """
 
 from __future__ import annotations
@@ -57,15 +59,17 @@ def estimate_index(q: torch.Tensor, k: torch.Tensor, params: SparseParams, *, sc
     return estimator(q, k, params, scale=scale)
 
 
-def resolve_backend(backend: Backend, device: torch.device) -> Backend:
-    """The concrete backend ``"auto"`` stands for on ``device``."""
+def resolve_backend(backend: Backend, device: torch.device, index: SparseIndex | None = None) -> Backend:
+    """The concrete backend ``"auto"`` stands for on ``device`` (for ``index``, when given)."""
     if backend != "auto":
         if backend not in ("reference", "gather", "flex", "triton"):
             raise ValueError(f"unknown backend {backend!r}")
         return backend
     if device.type == "cuda":
         return "triton"
-    return "flex" if (shutil.which("cc") or shutil.which("gcc") or shutil.which("c++")) else "gather"
+    has_columns = index is None or bool((index.column_counts > 0).any())
+    has_compiler = bool(shutil.which("cc") or shutil.which("gcc") or shutil.which("c++"))
+    return "flex" if has_columns and has_compiler else "gather"
 
 
 def run_index(
@@ -78,7 +82,7 @@ def run_index(
     backend: Backend = "auto",
 ) -> torch.Tensor:
     """Execute a planned index: ``q [Hq, N, D]``, ``k, v [Hkv, N, D]`` -> ``[Hq, N, D]``."""
-    chosen = resolve_backend(backend, q.device)
+    chosen = resolve_backend(backend, q.device, index)
     if chosen == "reference":
         return masked_attention(q, k, v, index, scale=scale)
     if chosen == "gather":

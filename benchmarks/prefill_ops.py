@@ -6,8 +6,9 @@ tensors with ``--random``), and reports per pattern: ``dense_ms``, ``sparse_ms``
 ``speedup_vs_dense``, ``density`` and ``recall`` (mean over the captured heads). Speed is a
 ratio within one run, never an absolute bar; each time is the best of ``--repeats`` runs, which
 keeps the ratio meaningful on a shared machine. On CUDA it uses the Triton kernels and bf16;
-on CPU the compiled FlexAttention path (``--backend gather`` for the compiler-free path;
-``--compare-cpu-backends`` times both on every pattern).
+on CPU the ``auto`` backend (gather for column-free indices, compiled FlexAttention for indices
+with columns); ``--backend`` forces one, ``--compare-cpu-backends`` times flex and gather on
+every pattern.
 
     python benchmarks/prefill_ops.py --seq-len 32768 --json out.json
 """
@@ -134,7 +135,7 @@ def bench_pattern(
     device: torch.device,
     args: argparse.Namespace,
     progress: tqdm,
-) -> dict[str, float]:
+) -> dict[str, object]:
     """Estimate + execute one pattern on every layer (best of ``--repeats``); summed times, density, recall."""
     est_ms = exe_ms = 0.0
     densities, recalls = [], []
@@ -153,6 +154,7 @@ def bench_pattern(
         progress.update(1)
     per_head = torch.cat(recalls)
     return {
+        "backend": resolve_backend(backend, device, index),
         "estimate_ms": est_ms,
         "execute_ms": exe_ms,
         "density": sum(densities) / len(densities),
@@ -197,8 +199,7 @@ def main(argv: list[str] | None = None) -> Report:
     patterns = (
         [parse_params(p) for p in json.loads(args.patterns.read_text())] if args.patterns else default_patterns()
     )
-    backend = resolve_backend(args.backend, device)
-    backends = [backend]
+    backends = [args.backend]
     if args.compare_cpu_backends and device.type == "cpu":
         backends = ["flex", "gather"]
     inputs = load_inputs(args, device, dtype)
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> Report:
                         recall=round(res["recall"], 4),
                         recall_min=round(res["recall_min"], 4),
                         device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-                        backend=b,
+                        backend=str(res["backend"]),
                         params=params.model_dump(mode="json", exclude={"pattern"}),
                     )
                 )

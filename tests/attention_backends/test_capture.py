@@ -22,6 +22,25 @@ def test_config_cache_key_and_rope_factor(tmp_path: Path):
     assert base.cache_path(tmp_path) == CaptureConfig(model_dir=tmp_path, seq_len=2048, layers=(2, 1)).cache_path(tmp_path)
 
 
+def test_a_cached_superset_of_layers_serves_a_subset(tmp_path: Path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")  # never loaded: the cache answers
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stored = CaptureConfig(model_dir=model, seq_len=8, layers=(2, 5, 9))
+    entries = [
+        {"layer": i, "q": torch.full((2, 8, 4), float(i)), "k": torch.zeros(1, 8, 4), "v": torch.zeros(1, 8, 4), "k_pre_rope": torch.zeros(1, 8, 4)}
+        for i in (2, 5, 9)
+    ]
+    torch.save(entries, stored.cache_path(cache))
+    got = capture_qkv(CaptureConfig(model_dir=model, seq_len=8, layers=(9, 2)), cache_dir=cache)
+    assert [c.layer for c in got] == [2, 9]
+    assert got[1].q.unique().tolist() == [9.0]
+    assert CaptureConfig(model_dir=model, seq_len=8, layers=(3,)).covering_cache(cache) is None
+    assert CaptureConfig(model_dir=model, seq_len=16, layers=(2,)).covering_cache(cache) is None
+
+
 def test_missing_model_is_a_clear_error(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="prepare-model"):
         capture_qkv(CaptureConfig(model_dir=tmp_path / "absent", seq_len=64, layers=(0,)), cache_dir=tmp_path)

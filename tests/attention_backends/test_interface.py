@@ -49,6 +49,8 @@ def test_dense_has_no_index_and_backends_resolve():
     with pytest.raises(ValueError, match="no index estimator"):
         estimate_index(q, k, DenseParams())  # type: ignore[arg-type]
     assert resolve_backend("auto", torch.device("cpu")) in ("flex", "gather")
+    block_only = estimate_index(*random_qkv(40)[:2], SPARSE_CASES[1])
+    assert resolve_backend("auto", torch.device("cpu"), block_only) == "gather"
     assert resolve_backend("auto", torch.device("cuda")) == "triton"
     with pytest.raises(ValueError, match="unknown backend"):
         resolve_backend("fast", torch.device("cpu"))  # type: ignore[arg-type]
