@@ -71,8 +71,8 @@ class LayerCapture:
 
 
 def default_cache_dir() -> Path:
-    """``$SPARSE_SERVE_CACHE/captures`` or ``~/.cache/sparse-serve/captures``."""
-    root = os.environ.get("SPARSE_SERVE_CACHE")
+    """``$SPARSE_SERVE_CACHE_DIR/captures`` or ``~/.cache/sparse-serve/captures`` (the server's cache root)."""
+    root = os.environ.get("SPARSE_SERVE_CACHE_DIR")
     return (Path(root) if root else Path.home() / ".cache" / "sparse-serve") / "captures"
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-MODEL_DIR = Path.home() / ".cache" / "sparse-serve" / "models" / "smollm2-135m-instruct"
+MODEL_DIR = Path(os.environ.get("SPARSE_SERVE_CACHE_DIR", Path.home() / ".cache" / "sparse-serve")) / "models" / "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="session")
