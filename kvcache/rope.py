@@ -1,0 +1,72 @@
+"""Rotary position embedding (RoPE, Su et al. 2021) applied to keys at arbitrary positions.
+
+ShadowKV stores keys *before* RoPE in low-rank form and rotates the rebuilt keys at their own
+positions at decode time, so RoPE must be applicable to any subset of positions. This module
+uses the "rotate_half" (GPT-NeoX) layout of HF transformers' ``LlamaRotaryEmbedding`` and
+vLLM's ``is_neox_style=True``: feature ``i`` and feature ``i + D/2`` form one rotated pair with
+angle ``position * inv_freq[i]``. Scaled RoPE variants (YaRN, NTK, Llama-3) only change
+``inv_freq`` and a cos/sin multiplier (``attention_scaling``), both of which can be passed in.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rope_inv_freq(head_dim: int, theta: float = 10000.0, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Default RoPE inverse frequencies ``theta ** (-2i / D)``: ``float32 [D/2]``."""
+    if head_dim <= 0 or head_dim % 2:
+        raise ValueError(f"head_dim must be a positive even number; got {head_dim}")
+    if not theta > 0:
+        raise ValueError(f"theta must be positive; got {theta}")
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim
+    return (1.0 / (float(theta) ** exponents)).float()
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, inv_freq: torch.Tensor, attention_scaling: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos, sin`` of ``positions [L]`` (integers) for ``inv_freq [D/2]``: two ``float32 [L, D]``.
+
+    Angles are computed in float64 so large positions (32K+) keep their float32 accuracy.
+    """
+    if positions.dim() != 1 or inv_freq.dim() != 1:
+        raise ValueError(f"positions and inv_freq must be 1-D; got {tuple(positions.shape)} and {tuple(inv_freq.shape)}")
+    if positions.dtype.is_floating_point:
+        raise ValueError(f"positions must be integers; got {positions.dtype}")
+    angles = positions.to(inv_freq.device, torch.float64).unsqueeze(1) * inv_freq.double().unsqueeze(0)
+    emb = torch.cat((angles, angles), dim=-1)
+    return (emb.cos() * attention_scaling).float(), (emb.sin() * attention_scaling).float()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``[..., D] -> [..., D]``: ``(x1, x2) -> (-x2, x1)`` with ``x1, x2`` the two halves of the last axis."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(
+    x: torch.Tensor,
+    positions: torch.Tensor,
+    *,
+    theta: float = 10000.0,
+    inv_freq: torch.Tensor | None = None,
+    attention_scaling: float = 1.0,
+) -> torch.Tensor:
+    """Rotate ``x [H, L, D]`` (pre-RoPE keys or queries) at integer ``positions [L]``; same shape and dtype.
+
+    ``inv_freq [D/2]`` overrides the default frequencies of ``theta`` (pass YaRN-scaled ones
+    here, with their ``attention_scaling``). The rotation is done in float32.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"x must be [heads, len, head_dim]; got {tuple(x.shape)}")
+    _, length, dim = x.shape
+    if positions.shape != (length,):
+        raise ValueError(f"positions must be [{length}]; got {tuple(positions.shape)}")
+    if inv_freq is None:
+        inv_freq = rope_inv_freq(dim, theta, device=x.device)
+    if inv_freq.shape != (dim // 2,):
+        raise ValueError(f"inv_freq must be [{dim // 2}] for head_dim {dim}; got {tuple(inv_freq.shape)}")
+    cos, sin = rope_cos_sin(positions.to(x.device), inv_freq.to(x.device), attention_scaling)
+    xf = x.float()
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)

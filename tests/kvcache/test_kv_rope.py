@@ -1,0 +1,71 @@
+"""RoPE at arbitrary positions against the pairwise rotation formula and HF transformers' Llama RoPE."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kvcache.rope import apply_rope, rope_inv_freq
+
+
+def _direct(x: torch.Tensor, positions: list[int], theta: float) -> torch.Tensor:
+    h, n, d = x.shape
+    out = torch.empty(h, n, d, dtype=torch.float64)
+    half = d // 2
+    xd = x.double()
+    for j, p in enumerate(positions):
+        for i in range(half):
+            # the float32-rounded frequency, as HF / vLLM store inv_freq in float32
+            freq = float(torch.tensor(theta ** (-2.0 * i / d), dtype=torch.float32))
+            angle = p * freq
+            c, s = math.cos(angle), math.sin(angle)
+            a, b = xd[:, j, i], xd[:, j, i + half]
+            out[:, j, i] = a * c - b * s
+            out[:, j, i + half] = b * c + a * s
+    return out
+
+
+def test_rope_matches_direct_formula_at_arbitrary_positions() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16)
+    positions = [0, 7, 1, 4095, 32767]
+    got = apply_rope(x, torch.tensor(positions), theta=10000.0)
+    torch.testing.assert_close(got.double(), _direct(x, positions, 10000.0), atol=2e-5, rtol=1e-5)
+    assert torch.equal(got[:, 0], x[:, 0])  # position 0 is the identity
+
+
+def test_rope_preserves_norm_and_relative_position() -> None:
+    torch.manual_seed(1)
+    q, k = torch.randn(1, 1, 64), torch.randn(1, 1, 64)
+    dots = []
+    for shift in (0, 100, 5000):
+        qr = apply_rope(q, torch.tensor([shift + 30]), theta=100000.0)
+        kr = apply_rope(k, torch.tensor([shift + 10]), theta=100000.0)
+        dots.append(float((qr * kr).sum()))
+        torch.testing.assert_close(kr.norm(), k.norm())
+    assert max(dots) - min(dots) < 1e-3 * abs(dots[0]) + 1e-4
+
+
+def test_rope_matches_transformers_llama_rotary_embedding() -> None:
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    config = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=16, rope_theta=50000.0)
+    rotary = LlamaRotaryEmbedding(config)
+    torch.manual_seed(2)
+    k = torch.randn(1, 2, 6, 16)
+    pos = torch.tensor([[3, 0, 900, 17, 2048, 5]])
+    cos, sin = rotary(k, pos)
+    _, ref = apply_rotary_pos_emb(k, k, cos, sin)
+    got = apply_rope(k[0], pos[0], inv_freq=rotary.inv_freq, attention_scaling=rotary.attention_scaling)
+    torch.testing.assert_close(got, ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rotary.inv_freq.float(), rope_inv_freq(16, 50000.0))
+
+
+def test_rope_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError):
+        apply_rope(torch.randn(2, 3, 8), torch.tensor([0, 1]))
+    with pytest.raises(ValueError):
+        rope_inv_freq(7)
