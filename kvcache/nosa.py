@@ -1,0 +1,165 @@
+"""Locality-constrained sparse decode for offloaded KV (NOSA-style) and a resident-chunk cache model.
+
+When the selected chunks live in host memory, every newly selected chunk is a transfer. NOSA
+constrains the selection to change slowly between consecutive decode steps, so that a small
+cache of chunks resident on the accelerator serves most reads. Here the constraint is explicit:
+at each step at most ``max_change`` chunks *not selected at the previous step* are admitted
+(the best-scoring ones of the unconstrained top-k); the rest of the set is the best-scoring
+chunks of the previous set. The first step (no previous set) is unconstrained. The chunk count
+per KV head is ``(budget - always_kept) // chunk``, so the token budget holds as in
+:mod:`kvcache.selection`.
+
+:class:`ResidentCache` models the accelerator-side cache: an LRU set of chunk keys with a
+capacity in chunks; each step reports hits, misses and the bytes moved from the offload tier.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from .landmarks import DEFAULT_CHUNK
+from .selection import DEFAULT_BUDGET, DEFAULT_N_LOCAL, DEFAULT_N_SINK, Selection, always_mask, chunk_scores, local_start
+
+DEFAULT_MAX_CHANGE = 8
+DEFAULT_RESIDENT_CHUNKS = 384
+
+
+def _rank_mask(scores: torch.Tensor, allowed: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
+    """Per row, the ``limit[h]`` best-scoring allowed entries: ``bool [Hkv, C]``."""
+    masked = scores.masked_fill(~allowed, float("-inf"))
+    order = masked.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return allowed & (ranks < limit.reshape(-1, 1))
+
+
+def constrained_chunks(
+    scores: torch.Tensor,
+    eligible: torch.Tensor,
+    count: torch.Tensor | int,
+    previous: torch.Tensor | None,
+    max_change: int,
+) -> torch.Tensor:
+    """Chunks for this step: ``bool [Hkv, C]`` with at most ``count`` per head and at most ``max_change`` not in ``previous``.
+
+    ``scores, eligible [Hkv, C]``; ``previous bool [Hkv, C']`` with ``C' <= C`` (chunks completed
+    since the last step are new); ``None`` = unconstrained top-``count``.
+    """
+    if max_change < 0:
+        raise ValueError(f"max_change must be >= 0; got {max_change}")
+    hkv, c = scores.shape
+    count_t = torch.as_tensor(count, device=scores.device).expand(hkv).clamp(min=0)
+    top = _rank_mask(scores, eligible, count_t)
+    if previous is None:
+        return top
+    if previous.shape[0] != hkv or previous.shape[1] > c:
+        raise ValueError(f"previous must be [{hkv}, <= {c}]; got {tuple(previous.shape)}")
+    prev = torch.zeros_like(eligible)
+    prev[:, : previous.shape[1]] = previous.to(eligible.device)
+    candidates = top & ~prev
+    admit_n = torch.minimum(candidates.sum(1), torch.full_like(count_t, max_change))
+    admitted = _rank_mask(scores, candidates, admit_n)
+    kept = _rank_mask(scores, prev & eligible, count_t - admit_n)
+    return admitted | kept
+
+
+def nosa_select_positions(
+    q: torch.Tensor,
+    landmarks: torch.Tensor,
+    seq_len: int,
+    previous: torch.Tensor | None,
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    budget: int = DEFAULT_BUDGET,
+    n_sink: int = DEFAULT_N_SINK,
+    n_local: int = DEFAULT_N_LOCAL,
+    outliers: torch.Tensor | None = None,
+    max_change: int = DEFAULT_MAX_CHANGE,
+    scale: float | None = None,
+) -> Selection:
+    """Like :func:`kvcache.selection.select_positions`, with the chunk set constrained by ``previous [Hkv, C']`` (its ``chunk_mask``)."""
+    hkv, c, _ = landmarks.shape
+    if c * chunk < local_start(seq_len, n_local, chunk) or c > seq_len // chunk:
+        raise ValueError(f"landmarks ({c} chunks) do not match a sequence of {seq_len} tokens")
+    keep = always_mask(hkv, seq_len, n_sink=n_sink, n_local=n_local, chunk=chunk, outliers=outliers, device=landmarks.device)
+    room = budget - keep.sum(dim=1)
+    if bool((room < 0).any()):
+        raise ValueError(f"budget {budget} is smaller than the always-kept positions ({int(keep.sum(1).max())})")
+    eligible = (~keep[:, : c * chunk]).reshape(hkv, c, chunk).any(dim=2)
+    taken = constrained_chunks(chunk_scores(q, landmarks, scale), eligible, room // chunk, previous, max_change)
+    mask = keep.clone()
+    mask[:, : c * chunk] |= taken.repeat_interleave(chunk, dim=1)
+    return Selection(mask=mask, chunk_mask=taken)
+
+
+def chunk_keys(chunk_mask: torch.Tensor) -> list[tuple[int, int]]:
+    """``(kv_head, chunk_id)`` of every selected chunk of ``chunk_mask bool [Hkv, C]``."""
+    return [(int(h), int(c)) for h, c in chunk_mask.nonzero().tolist()]
+
+
+@dataclass(frozen=True)
+class CacheStep:
+    """One step of a :class:`ResidentCache`."""
+
+    hits: int
+    misses: int
+    bytes_moved: int
+
+
+class ResidentCache:
+    """LRU set of chunks resident on the fast tier (``capacity`` chunks of ``bytes_per_chunk`` each)."""
+
+    def __init__(self, capacity: int, bytes_per_chunk: int) -> None:
+        if capacity <= 0 or bytes_per_chunk < 0:
+            raise ValueError(f"capacity must be > 0 and bytes_per_chunk >= 0; got {capacity}, {bytes_per_chunk}")
+        self.capacity = capacity
+        self.bytes_per_chunk = bytes_per_chunk
+        self._lru: OrderedDict[Hashable, None] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.steps = 0
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._lru
+
+    def step(self, keys: Iterable[Hashable]) -> CacheStep:
+        """Serve one step's chunks: hits refresh their recency first, then misses are loaded (evicting the LRU)."""
+        wanted = list(dict.fromkeys(keys))
+        hit_keys = [k for k in wanted if k in self._lru]
+        miss_keys = [k for k in wanted if k not in self._lru]
+        for k in hit_keys:
+            self._lru.move_to_end(k)
+        for k in miss_keys:
+            self._lru[k] = None
+            if len(self._lru) > self.capacity:
+                self._lru.popitem(last=False)
+        self.hits += len(hit_keys)
+        self.misses += len(miss_keys)
+        self.steps += 1
+        return CacheStep(hits=len(hit_keys), misses=len(miss_keys), bytes_moved=len(miss_keys) * self.bytes_per_chunk)
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits over all chunk reads so far (1.0 before any read)."""
+        total = self.hits + self.misses
+        return 1.0 if total == 0 else self.hits / total
+
+    @property
+    def bytes_moved(self) -> int:
+        return self.misses * self.bytes_per_chunk
+
+    def bytes_per_step(self) -> float:
+        return 0.0 if self.steps == 0 else self.bytes_moved / self.steps
+
+    def resident_bytes(self) -> int:
+        """Fast-tier bytes the resident set would occupy at full capacity."""
+        return self.capacity * self.bytes_per_chunk
+
+    def clear(self) -> None:
+        self._lru.clear()
