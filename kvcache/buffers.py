@@ -1,0 +1,73 @@
+"""Growable per-head token buffers on one memory tier, with exact byte accounting.
+
+A buffer holds ``[H, capacity, W]`` and exposes the live ``[H, len, W]`` rows; it grows by 1.5x
+(amortized O(1) appends), can drop rows from the front (sliding windows) and reports the bytes
+it *holds* (its capacity, not its length). The offload tier is host memory, pinned when CUDA is
+available so host-to-device copies can be asynchronous.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def offload_device_pinned() -> bool:
+    """Whether offload-tier tensors are allocated in pinned host memory (only with CUDA)."""
+    return torch.cuda.is_available()
+
+
+def _alloc(heads: int, capacity: int, width: int, dtype: torch.dtype, device: torch.device, pinned: bool) -> torch.Tensor:
+    if pinned:
+        return torch.empty(heads, capacity, width, dtype=dtype, device="cpu", pin_memory=True)
+    return torch.empty(heads, capacity, width, dtype=dtype, device=device)
+
+
+class TokenBuffer:
+    """Rows appended along the token axis of ``[H, capacity, W]`` on ``device`` (``pinned`` host memory if asked)."""
+
+    def __init__(self, heads: int, width: int, *, dtype: torch.dtype, device: torch.device | str, pinned: bool = False) -> None:
+        self.heads, self.width, self.dtype = heads, width, dtype
+        self.device = torch.device("cpu") if pinned else torch.device(device)
+        self.pinned = pinned
+        self._data = _alloc(heads, 0, width, dtype, self.device, pinned)
+        self._start = 0
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def view(self) -> torch.Tensor:
+        """The live rows ``[H, len, W]`` (a view; do not keep it across appends)."""
+        return self._data[:, self._start : self._start + self._len]
+
+    def append(self, x: torch.Tensor) -> None:
+        """Append ``x [H, T, W]``."""
+        if x.dim() != 3 or x.shape[0] != self.heads or x.shape[2] != self.width:
+            raise ValueError(f"expected [{self.heads}, T, {self.width}]; got {tuple(x.shape)}")
+        t = x.shape[1]
+        cap = self._data.shape[1]
+        if self._start + self._len + t > cap:
+            if self._len + t <= cap:
+                self._data[:, : self._len] = self._data[:, self._start : self._start + self._len].clone()
+            else:
+                new = _alloc(self.heads, max(self._len + t, cap + cap // 2, 16), self.width, self.dtype, self.device, self.pinned)
+                new[:, : self._len] = self.view()
+                self._data = new
+            self._start = 0
+        self._data[:, self._start + self._len : self._start + self._len + t] = x.to(self.device, self.dtype)
+        self._len += t
+
+    def drop_front(self, count: int) -> None:
+        """Forget the first ``count`` rows."""
+        if not 0 <= count <= self._len:
+            raise ValueError(f"cannot drop {count} of {self._len} rows")
+        self._start += count
+        self._len -= count
+
+    def nbytes(self) -> int:
+        """Bytes held (capacity)."""
+        return self._data.numel() * self._data.element_size()
+
+    def free(self) -> None:
+        self._data = _alloc(self.heads, 0, self.width, self.dtype, self.device, self.pinned)
+        self._start = self._len = 0

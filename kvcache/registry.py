@@ -1,0 +1,64 @@
+"""Registry of the KV stores of live requests: one store per (request id, layer), freed per request.
+
+The engine creates a request's stores at prefill, reads them at each decode step and frees them
+when the request finishes, is aborted or is preempted. A preempted request that is recomputed
+calls :meth:`StoreRegistry.create` again: the old store of that (request, layer) is freed and
+a fresh one replaces it. Totals over all stores make leaks observable (they must return to 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+from .store import AnyKvParams, SequenceKvStore
+
+
+class StoreRegistry:
+    """``{request_id: {layer: SequenceKvStore}}`` with byte totals."""
+
+    def __init__(self) -> None:
+        self._stores: dict[Hashable, dict[int, SequenceKvStore]] = {}
+
+    def __len__(self) -> int:
+        """Number of requests holding stores."""
+        return len(self._stores)
+
+    def __contains__(self, request_id: Hashable) -> bool:
+        return request_id in self._stores
+
+    def create(self, request_id: Hashable, layer: int, params: AnyKvParams, num_kv_heads: int, head_dim: int, **kwargs: object) -> SequenceKvStore:
+        """A fresh store for ``(request_id, layer)`` (an existing one is freed first); ``kwargs`` go to :class:`SequenceKvStore`."""
+        layers = self._stores.setdefault(request_id, {})
+        if layer in layers:
+            layers.pop(layer).free()
+        store = SequenceKvStore(params, num_kv_heads, head_dim, **kwargs)
+        layers[layer] = store
+        return store
+
+    def get(self, request_id: Hashable, layer: int) -> SequenceKvStore:
+        """The store of ``(request_id, layer)``; ``KeyError`` if there is none."""
+        try:
+            return self._stores[request_id][layer]
+        except KeyError:
+            raise KeyError(f"no KV store for request {request_id!r}, layer {layer}") from None
+
+    def free(self, request_id: Hashable) -> int:
+        """Free every store of a request (no-op if unknown); returns the bytes released (both tiers)."""
+        released = 0
+        for store in self._stores.pop(request_id, {}).values():
+            released += store.pool_bytes() + store.offload_bytes()
+            store.free()
+        return released
+
+    def free_all(self) -> int:
+        """Free every request's stores; returns the bytes released."""
+        return sum(self.free(rid) for rid in list(self._stores))
+
+    def pool_bytes(self) -> int:
+        return sum(s.pool_bytes() for layers in self._stores.values() for s in layers.values())
+
+    def offload_bytes(self) -> int:
+        return sum(s.offload_bytes() for layers in self._stores.values() for s in layers.values())
+
+    def total_bytes(self) -> int:
+        return self.pool_bytes() + self.offload_bytes()

@@ -1,0 +1,253 @@
+"""Per-request, per-layer store of one sequence's decode-time KV state on two memory tiers.
+
+A store covers the KV heads of one layer that share a policy (the engine makes one store per
+(request, layer, policy group)). Tiers: the *pool* (the accelerator / the engine's KV space)
+holds what decode reads every step; the *offload* tier (host memory, pinned on CUDA) holds the
+values of the compressed history. Layout for ``shadowkv`` / ``nosa``, with ``W`` the start of
+the local window (:func:`kvcache.selection.local_start`):
+
+* pool: low-rank factors of the pre-RoPE keys of the prefill (``A [N0, r]``, ``B [r, Hkv*D]``),
+  landmarks of the chunks before ``W``, the outlier chunks' exact keys/values (chosen at
+  prefill), the sinks' keys/values, the window's keys (pre- and post-RoPE) and values, and the
+  *pending* pre-RoPE keys of positions ``[N0, W)``: tokens generated after the fit that have
+  left the window. They are kept exact (rotated on read) until :meth:`SequenceKvStore.refit`
+  folds them into a new rank-``r`` fit; the engine decides when (refitting is lossy).
+* offload: the values of positions ``[0, W)``.
+
+``full`` keeps everything exact in the pool; ``streaming`` keeps sinks + the last ``n_local``
+tokens and drops the rest. Byte accounting counts the capacity of every tensor held.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .buffers import TokenBuffer, offload_device_pinned
+from .decode_attention import sparse_decode_attention
+from .landmarks import chunk_landmarks, chunk_positions, outlier_chunks
+from .lowrank import LowRankKeys, fit_lowrank, rebuild
+from .nosa import ResidentCache, chunk_keys, nosa_select_positions
+from .params import FullKvParams, NosaKvParams, ShadowKvParams, StreamingKvParams
+from .rope import apply_rope, rope_inv_freq
+from .selection import local_start, select_positions
+
+AnyKvParams = FullKvParams | StreamingKvParams | ShadowKvParams | NosaKvParams
+
+
+@dataclass(frozen=True)
+class DecodeStats:
+    """What one :meth:`SequenceKvStore.attend` read: positions per KV head and bytes copied from the offload tier."""
+
+    positions: list[int]
+    offload_bytes_read: int
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+
+def _nbytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+class SequenceKvStore:
+    """Compressed decode-time KV of one sequence, one layer and one policy group of ``num_kv_heads`` heads."""
+
+    def __init__(
+        self,
+        params: AnyKvParams,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        inv_freq: torch.Tensor | None = None,
+        theta: float = 10000.0,
+        attention_scaling: float = 1.0,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.params, self.hkv, self.d, self.dtype = params, num_kv_heads, head_dim, dtype
+        self.device = torch.device(device)
+        self.inv_freq = (rope_inv_freq(head_dim, theta) if inv_freq is None else inv_freq).to(self.device)
+        self.attention_scaling = attention_scaling
+        self.compressed = isinstance(params, ShadowKvParams)
+        if isinstance(params, ShadowKvParams):
+            self.chunk, self.n_sink, self.n_local = params.chunk, params.n_sink, params.n_local
+        elif isinstance(params, StreamingKvParams):
+            self.chunk, self.n_sink, self.n_local = 1, params.n_sink, params.n_local
+        else:
+            self.chunk, self.n_sink, self.n_local = 1, 0, 1 << 62
+        pool = dict(dtype=dtype, device=self.device)
+        self.win_k = TokenBuffer(num_kv_heads, head_dim, **pool)
+        self.win_v = TokenBuffer(num_kv_heads, head_dim, **pool)
+        self.win_k_pre = TokenBuffer(num_kv_heads, head_dim, **pool) if self.compressed else None
+        self.sink_k = TokenBuffer(num_kv_heads, head_dim, **pool)
+        self.sink_v = TokenBuffer(num_kv_heads, head_dim, **pool)
+        self.landmarks = TokenBuffer(num_kv_heads, head_dim, **pool)
+        self.pending_pre = TokenBuffer(num_kv_heads, head_dim, **pool)
+        self.offload_v = TokenBuffer(num_kv_heads, head_dim, dtype=dtype, device="cpu", pinned=offload_device_pinned())
+        self.factors: LowRankKeys | None = None
+        self._no_outliers()
+        self.seq_len = 0
+        self.window_start = 0
+        self.n_fit = 0
+        self.previous_chunks: torch.Tensor | None = None
+        self.cache = (
+            ResidentCache(params.resident_chunks * num_kv_heads, params.chunk * head_dim * dtype.itemsize)
+            if isinstance(params, NosaKvParams)
+            else None
+        )
+
+    def _no_outliers(self) -> None:
+        self.outliers = torch.empty(self.hkv, 0, dtype=torch.int64, device=self.device)  # chunk ids [Hkv, O]
+        self.outlier_k = torch.empty(self.hkv, 0, self.d, dtype=self.dtype, device=self.device)  # post-RoPE [Hkv, O*chunk, D]
+        self.outlier_v = torch.empty_like(self.outlier_k)
+
+    # ---- filling -------------------------------------------------------------------------
+    def prefill(self, k_pre_rope: torch.Tensor, k_post_rope: torch.Tensor, v: torch.Tensor) -> None:
+        """Take the prompt's KV ``[Hkv, N0, D]`` (a fresh store only)."""
+        if self.seq_len:
+            raise RuntimeError("prefill on a store that already holds a sequence (free() it or make a new one)")
+        n = k_post_rope.shape[1]
+        if self.compressed and n:
+            p = self.params
+            self.factors = fit_lowrank(k_pre_rope.to(self.device, self.dtype), p.rank)
+            self.n_fit = n
+            start = local_start(n, self.n_local, self.chunk)
+            if start:
+                self.landmarks.append(chunk_landmarks(k_post_rope[:, :start], self.chunk))
+            self.outliers = outlier_chunks(k_post_rope[:, :start], p.n_outlier_chunks, self.chunk).to(self.device)
+            pos = chunk_positions(self.outliers, self.chunk).to(k_post_rope.device)
+            idx = pos.unsqueeze(-1).expand(-1, -1, self.d)
+            self.outlier_k = k_post_rope.gather(1, idx).to(self.device, self.dtype)
+            self.outlier_v = v.gather(1, idx).to(self.device, self.dtype)
+            self.offload_v.append(v[:, :start])
+            s = min(self.n_sink, start)
+            self.sink_k.append(k_post_rope[:, :s])
+            self.sink_v.append(v[:, :s])
+            self.window_start = start
+            self.seq_len = start
+            k_pre_rope, k_post_rope, v = k_pre_rope[:, start:], k_post_rope[:, start:], v[:, start:]
+        self.append(k_pre_rope, k_post_rope, v)
+
+    def append(self, k_pre_rope_new: torch.Tensor, k_post_rope_new: torch.Tensor, v_new: torch.Tensor) -> None:
+        """Add ``T`` decoded tokens ``[Hkv, T, D]`` to the window; chunks leaving the window are compressed (or dropped)."""
+        t = k_post_rope_new.shape[1]
+        first_new = self.seq_len
+        self.win_k.append(k_post_rope_new)
+        self.win_v.append(v_new)
+        if self.win_k_pre is not None:
+            self.win_k_pre.append(k_pre_rope_new)
+        self.seq_len += t
+        if first_new < self.n_sink:
+            s = min(self.n_sink, self.seq_len) - first_new
+            self.sink_k.append(k_post_rope_new[:, :s])
+            self.sink_v.append(v_new[:, :s])
+        target = local_start(self.seq_len, self.n_local, self.chunk)
+        if target > self.window_start:
+            self._evict(target - self.window_start)
+
+    def _evict(self, count: int) -> None:
+        """Move the first ``count`` window tokens (whole chunks) out of the window."""
+        if self.compressed:
+            k_post = self.win_k.view()[:, :count]
+            self.landmarks.append(chunk_landmarks(k_post, self.chunk).to(self.dtype))
+            self.offload_v.append(self.win_v.view()[:, :count])
+            first_pending = max(self.n_fit - self.window_start, 0)
+            if first_pending < count:
+                self.pending_pre.append(self.win_k_pre.view()[:, first_pending:count])
+            self.win_k_pre.drop_front(count)
+        self.win_k.drop_front(count)
+        self.win_v.drop_front(count)
+        self.window_start += count
+
+    def refit(self) -> None:
+        """Fold the pending exact keys into a new rank-``r`` fit of all compressed pre-RoPE keys (lossy)."""
+        if not self.compressed or self.factors is None or len(self.pending_pre) == 0:
+            return
+        old = rebuild(self.factors, torch.arange(self.n_fit, device=self.device))
+        keys = torch.cat((old, self.pending_pre.view(), self.win_k_pre.view()[:, max(self.n_fit - self.window_start, 0) :]), dim=1)
+        self.factors = fit_lowrank(keys, self.params.rank)
+        self.n_fit = keys.shape[1]
+        self.pending_pre.free()
+
+    # ---- decode --------------------------------------------------------------------------
+    def _middle_kv(self, h: int, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Keys (post-RoPE), values and offload bytes read for compressed positions ``pos`` of KV head ``h``."""
+        k = torch.empty(pos.numel(), self.d, dtype=self.dtype, device=self.device)
+        v = torch.empty_like(k)
+        heads = torch.tensor([h], device=self.device)
+        fitted = pos < self.n_fit
+        if bool(fitted.any()):
+            k[fitted] = rebuild(self.factors, pos[fitted], heads)[0]
+        if not bool(fitted.all()):
+            k[~fitted] = self.pending_pre.view()[h, pos[~fitted] - self.n_fit]
+        k = apply_rope(k.unsqueeze(0), pos, inv_freq=self.inv_freq, attention_scaling=self.attention_scaling)[0]
+        out_pos = chunk_positions(self.outliers[h], self.chunk)
+        is_out = torch.isin(pos, out_pos)
+        if bool(is_out.any()):
+            j = torch.searchsorted(out_pos, pos[is_out])
+            k[is_out], v[is_out] = self.outlier_k[h, j], self.outlier_v[h, j]
+        is_sink = pos < len(self.sink_k)
+        k[is_sink], v[is_sink] = self.sink_k.view()[h, pos[is_sink]], self.sink_v.view()[h, pos[is_sink]]
+        exact = is_out | is_sink
+        fetch = pos[~exact].cpu()
+        v[~exact] = self.offload_v.view()[h, fetch].to(self.device, non_blocking=True)
+        return k, v, fetch.numel() * self.d * self.dtype.itemsize
+
+    def attend(self, q: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, DecodeStats]:
+        """Attention of the decode query ``q [Hq, D]`` (post-RoPE) over the stored sequence: ``[Hq, D]`` and stats."""
+        scale = 1.0 / math.sqrt(self.d) if scale is None else scale
+        if not self.compressed:
+            s = min(len(self.sink_k), self.window_start)  # sinks that are no longer in the window
+            ks = torch.cat((self.sink_k.view()[:, :s], self.win_k.view()), dim=1)
+            vs = torch.cat((self.sink_v.view()[:, :s], self.win_v.view()), dim=1)
+            out = sparse_decode_attention(q.to(self.device), ks, vs, None, scale)
+            return out, DecodeStats(positions=[ks.shape[1]] * self.hkv, offload_bytes_read=0)
+        p = self.params
+        marks = self.landmarks.view()
+        common = dict(chunk=p.chunk, budget=p.budget, n_sink=p.n_sink, n_local=p.n_local, outliers=self.outliers, scale=scale)
+        if isinstance(p, NosaKvParams):
+            sel = nosa_select_positions(q, marks, self.seq_len, self.previous_chunks, max_change=p.max_change, **common)
+            self.previous_chunks = sel.chunk_mask
+            step = self.cache.step(chunk_keys(sel.chunk_mask))
+            hits, misses = step.hits, step.misses
+        else:
+            sel = select_positions(q, marks, self.seq_len, **common)
+            hits = misses = 0
+        keys, values, read = [], [], 0
+        for h, pos in enumerate(sel.positions_list()):
+            mid = pos[pos < self.window_start]
+            k_mid, v_mid, nbytes = self._middle_kv(h, mid)
+            read += nbytes
+            keys.append(torch.cat((k_mid, self.win_k.view()[h]), dim=0))
+            values.append(torch.cat((v_mid, self.win_v.view()[h]), dim=0))
+        m = max(k.shape[0] for k in keys)
+        valid = torch.arange(m, device=self.device).unsqueeze(0) < torch.tensor([k.shape[0] for k in keys], device=self.device).unsqueeze(1)
+        ks = torch.stack([torch.nn.functional.pad(k, (0, 0, 0, m - k.shape[0])) for k in keys])
+        vs = torch.stack([torch.nn.functional.pad(v, (0, 0, 0, m - v.shape[0])) for v in values])
+        out = sparse_decode_attention(q.to(self.device), ks, vs, valid, scale)
+        return out, DecodeStats([k.shape[0] for k in keys], read, hits, misses)
+
+    # ---- accounting ----------------------------------------------------------------------
+    def pool_bytes(self) -> int:
+        """Bytes held on the pool tier (capacity of every buffer, factors, outliers)."""
+        buffers = (self.win_k, self.win_v, self.win_k_pre, self.sink_k, self.sink_v, self.landmarks, self.pending_pre)
+        total = sum(b.nbytes() for b in buffers if b is not None)
+        total += 0 if self.factors is None else self.factors.nbytes()
+        return total + _nbytes(self.outliers) + _nbytes(self.outlier_k) + _nbytes(self.outlier_v)
+
+    def offload_bytes(self) -> int:
+        """Bytes held on the offload (host) tier."""
+        return self.offload_v.nbytes()
+
+    def free(self) -> None:
+        """Release every tensor; the store is empty (and reusable through :meth:`prefill`)."""
+        for b in (self.win_k, self.win_v, self.win_k_pre, self.sink_k, self.sink_v, self.landmarks, self.pending_pre, self.offload_v):
+            if b is not None:
+                b.free()
+        self.factors = self.previous_chunks = None
+        self._no_outliers()
+        if self.cache is not None:
+            self.cache.clear()
+        self.seq_len = self.window_start = self.n_fit = 0

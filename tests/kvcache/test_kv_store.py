@@ -1,0 +1,155 @@
+"""Sequence KV store: exact decode at full rank/budget through prefill + appends, byte accounting, registry lifecycle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from kvcache.decode_attention import dense_decode_attention, selected_decode_attention
+from kvcache.params import FullKvParams, NosaKvParams, ShadowKvParams, StreamingKvParams, parse_kv_params
+from kvcache.registry import StoreRegistry
+from kvcache.rope import apply_rope, rope_inv_freq
+from kvcache.store import SequenceKvStore
+from kvcache.streaming import streaming_mask
+
+HQ, HKV, D = 6, 2, 16
+INV_FREQ = rope_inv_freq(D, 10000.0)
+
+
+def _sequence(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    k_pre = torch.randn(HKV, n, D, generator=g)
+    return k_pre, apply_rope(k_pre, torch.arange(n), inv_freq=INV_FREQ), torch.randn(HKV, n, D, generator=g)
+
+
+def _query(pos: int, seed: int) -> torch.Tensor:
+    q = torch.randn(HQ, 1, D, generator=torch.Generator().manual_seed(seed))
+    return apply_rope(q, torch.tensor([pos]), inv_freq=INV_FREQ)[:, 0]
+
+
+def _run(params, n0: int, steps: int, check) -> SequenceKvStore:
+    """Prefill ``n0`` tokens, then decode ``steps`` tokens; ``check(out, k_post, v, stats)`` after each step."""
+    k_pre, k_post, v = _sequence(n0 + steps)
+    store = SequenceKvStore(params, HKV, D, inv_freq=INV_FREQ)
+    store.prefill(k_pre[:, :n0], k_post[:, :n0], v[:, :n0])
+    for t in range(steps):
+        n = n0 + t + 1
+        store.append(k_pre[:, n - 1 : n], k_post[:, n - 1 : n], v[:, n - 1 : n])
+        assert store.seq_len == n
+        out, stats = store.attend(_query(n, seed=t))
+        check(out, k_post[:, :n], v[:, :n], stats, _query(n, seed=t))
+    return store
+
+
+@pytest.mark.parametrize("params", [
+    ShadowKvParams(rank=HKV * D, budget=4096, n_local=16, n_outlier_chunks=3),
+    NosaKvParams(rank=HKV * D, budget=4096, n_local=16, n_outlier_chunks=3, max_change=2, resident_chunks=64),
+    FullKvParams(),
+])
+def test_full_rank_full_budget_decode_equals_dense(params) -> None:
+    def check(out, k, v, stats, q):
+        torch.testing.assert_close(out, dense_decode_attention(q, k, v), atol=1e-5, rtol=1e-5)
+        assert stats.positions == [k.shape[1]] * HKV
+
+    store = _run(params, n0=203, steps=30, check=check)
+    if params.policy != "full":
+        # tokens generated after the fit left the window: they are served from the exact pending keys
+        assert len(store.pending_pre) > 0 and store.window_start > store.n_fit
+        before = store.attend(_query(233, 99))[0]
+        store.refit()  # full rank: the refit is lossless
+        assert len(store.pending_pre) == 0 and store.n_fit == 233
+        torch.testing.assert_close(store.attend(_query(233, 99))[0], before, atol=1e-5, rtol=1e-5)
+
+
+def test_budgeted_shadowkv_reads_at_most_budget_and_fetches_values() -> None:
+    params = ShadowKvParams(rank=8, budget=96, n_local=16, n_outlier_chunks=2)
+
+    def check(out, k, v, stats, q):
+        assert all(p <= 96 for p in stats.positions) and all(p > 96 - 8 for p in stats.positions)
+        assert stats.offload_bytes_read > 0 and out.shape == (HQ, D) and bool(torch.isfinite(out).all())
+
+    _run(params, n0=300, steps=12, check=check)
+
+
+def test_streaming_store_equals_sinks_plus_window_attention() -> None:
+    params = StreamingKvParams(n_sink=4, n_local=40)
+
+    def check(out, k, v, stats, q):
+        from kvcache.selection import Selection
+
+        mask = streaming_mask(HKV, k.shape[1], 4, 40)
+        ref = selected_decode_attention(q, k, v, Selection(mask=mask, chunk_mask=mask[:, :0]))
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        assert stats.positions == [44] * HKV
+
+    store = _run(params, n0=50, steps=5, check=check)
+    assert store.offload_bytes() == 0 and store.window_start == 55 - 40
+
+
+def test_pool_bytes_after_prefill_match_the_layout_exactly() -> None:
+    n0, rank, chunk, n_out = 4096, 32, 8, 8
+    hkv, d = 3, 64
+    g = torch.Generator().manual_seed(0)
+    k_pre = torch.randn(hkv, n0, 8, generator=g) @ torch.randn(8, d, generator=g)
+    k_post = apply_rope(k_pre, torch.arange(n0), theta=10000.0)
+    v = torch.randn(hkv, n0, d, generator=g)
+    params = ShadowKvParams(rank=rank, n_outlier_chunks=n_out)
+    store = SequenceKvStore(params, hkv, d)
+    store.prefill(k_pre, k_post, v)
+    start = 4096 - 64
+    rows = lambda n: max(n, 16)  # capacity of a buffer after one append of n rows
+    f = 4
+    expected = (
+        (n0 * rank + rank * hkv * d) * f                 # low-rank factors
+        + hkv * rows(start // chunk) * d * f             # landmarks
+        + 3 * hkv * rows(n0 - start) * d * f             # window k (post, pre) and v
+        + 2 * hkv * rows(4) * d * f                      # sinks k, v
+        + hkv * n_out * 8 + 2 * hkv * n_out * chunk * d * f  # outlier ids, k, v
+    )
+    assert store.pool_bytes() == expected
+    assert store.offload_bytes() == hkv * start * d * f
+    dense = SequenceKvStore(FullKvParams(), hkv, d)
+    dense.prefill(k_pre, k_post, v)
+    assert dense.pool_bytes() == 2 * hkv * n0 * d * f and dense.offload_bytes() == 0
+    assert dense.pool_bytes() / store.pool_bytes() > 4.5  # -> 2*192 / (32 + 192/8) = 6.9x at long contexts
+    store.free()
+    assert store.pool_bytes() == 0 and store.offload_bytes() == 0
+
+
+def test_registry_returns_to_zero_after_100_requests() -> None:
+    reg = StoreRegistry()
+    k_pre, k_post, v = _sequence(120)
+    params = ShadowKvParams(rank=8, budget=128, n_local=16, n_outlier_chunks=1)
+    for i in range(100):
+        for layer in range(2):
+            s = reg.create(f"req-{i}", layer, params, HKV, D, inv_freq=INV_FREQ)
+            s.prefill(k_pre[:, :100], k_post[:, :100], v[:, :100])
+            s.append(k_pre[:, 100:101], k_post[:, 100:101], v[:, 100:101])
+        assert reg.total_bytes() > 0 and len(reg) == 1
+        if i % 10 == 0:  # preemption: recompute gives a fresh store
+            fresh = reg.create(f"req-{i}", 0, params, HKV, D, inv_freq=INV_FREQ)
+            assert fresh.seq_len == 0 and reg.get(f"req-{i}", 0) is fresh
+        assert reg.free(f"req-{i}") > 0
+        assert reg.total_bytes() == 0 and len(reg) == 0
+    reg.create("a", 0, params, HKV, D).prefill(k_pre, k_post, v)
+    reg.create("b", 0, FullKvParams(), HKV, D).prefill(k_pre, k_post, v)
+    assert reg.pool_bytes() > 0 and reg.offload_bytes() > 0
+    reg.free_all()
+    assert reg.total_bytes() == 0 and len(reg) == 0
+    with pytest.raises(KeyError):
+        reg.get("a", 0)
+
+
+def test_policy_params_validation() -> None:
+    assert parse_kv_params({"policy": "nosa", "max_change": 2}) == NosaKvParams(max_change=2)
+    assert parse_kv_params({"policy": "streaming"}).n_local == 1024
+    assert isinstance(parse_kv_params({"policy": "full"}), FullKvParams)
+    with pytest.raises(ValidationError):
+        ShadowKvParams(budget=64)  # sinks + window + outliers already exceed it
+    with pytest.raises(ValidationError):
+        parse_kv_params({"policy": "shadowkv", "rank": 0})
+    with pytest.raises(ValidationError):
+        parse_kv_params({"policy": "streaming", "rank": 8})
+    with pytest.raises(ValidationError):
+        parse_kv_params({"policy": "quest"})
