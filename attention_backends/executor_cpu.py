@@ -55,19 +55,25 @@ def gather_attention(
     *,
     scale: float | None = None,
     tile_elems: int = DEFAULT_TILE_ELEMS,
+    rows_from: int = 0,
 ) -> torch.Tensor:
-    """Sparse causal attention over ``index``: ``q [Hq, N, D]``, ``k, v [Hkv, N, D]`` -> ``[Hq, N, D]``.
+    """Sparse causal attention over ``index``: ``q [Hq, N, D]``, ``k, v [Hkv, N, D]`` -> ``[Hq, N - rows_from, D]``.
 
-    Computes in float32 and returns ``q.dtype``. Rows that keep no key output zeros.
+    ``rows_from`` computes only the query rows ``[rows_from, N)`` (a chunked-prefill segment whose
+    earlier rows were computed before; their ``q`` rows are not read). Computes in float32 and
+    returns ``q.dtype``. Rows that keep no key output zeros.
     """
     shape = check_qkv(q, k, v, scale=scale)
     index.check_matches(shape.num_q_heads, shape.seq_len)
     if tile_elems <= 0:
         raise ValueError(f"tile_elems must be positive; got {tile_elems}")
     n, d, b, nqb = shape.seq_len, shape.head_dim, index.block_size, index.num_q_blocks
+    if not 0 <= rows_from < n:
+        raise ValueError(f"rows_from must be in [0, {n}); got {rows_from}")
+    first = rows_from // b
     rows = nqb * b
     q_pad = torch.zeros(shape.num_q_heads, rows, d, dtype=torch.float32, device=q.device)
-    q_pad[:, :n] = q.float() * shape.scale
+    q_pad[:, first * b : n] = q[:, first * b :].float() * shape.scale
     k_pad = torch.zeros(shape.num_kv_heads, rows, d, dtype=torch.float32, device=q.device)
     v_pad = torch.zeros_like(k_pad)
     k_pad[:, :n] = k.float()
@@ -82,7 +88,7 @@ def gather_attention(
         # keys that may follow a row: the diagonal block, and columns inside the query block
         causal_from = width - b - n_cols
         chunk = max(tile_elems // (b * width), 1)
-        for b0 in range(0, nqb, chunk):
+        for b0 in range(first, nqb, chunk):
             b1 = min(b0 + chunk, nqb)
             at = positions[b0:b1].reshape(-1)
             k_tile = k_pad[kv].index_select(0, at).view(b1 - b0, width, d)
@@ -91,4 +97,4 @@ def gather_attention(
             tail = positions[b0:b1, causal_from:].unsqueeze(1)
             logits[:, :, causal_from:].masked_fill_(tail > row_pos[b0:b1], float("-inf"))
             out[h, b0 * b : b1 * b] = torch.bmm(torch.softmax(logits, dim=-1), v_tile).view(-1, d)
-    return out[:, :n].nan_to_num_(0.0).to(q.dtype)
+    return out[:, rows_from:n].nan_to_num_(0.0).to(q.dtype)

@@ -80,20 +80,28 @@ def run_index(
     *,
     scale: float | None = None,
     backend: Backend = "auto",
+    rows_from: int = 0,
 ) -> torch.Tensor:
-    """Execute a planned index: ``q [Hq, N, D]``, ``k, v [Hkv, N, D]`` -> ``[Hq, N, D]``."""
+    """Execute a planned index: ``q [Hq, N, D]``, ``k, v [Hkv, N, D]`` -> ``[Hq, N - rows_from, D]``.
+
+    ``rows_from > 0`` asks only for the query rows ``[rows_from, N)`` (chunked prefill): the
+    gather executor skips the earlier query blocks; the other executors compute every row and
+    slice.
+    """
     chosen = resolve_backend(backend, q.device, index)
-    if chosen == "reference":
-        return masked_attention(q, k, v, index, scale=scale)
     if chosen == "gather":
-        return gather_attention(q, k, v, index, scale=scale)
-    if chosen == "flex":
+        return gather_attention(q, k, v, index, scale=scale, rows_from=rows_from)
+    if chosen == "reference":
+        out = masked_attention(q, k, v, index, scale=scale)
+    elif chosen == "flex":
         from .executor_flex import flex_sparse_attention
 
-        return flex_sparse_attention(q, k, v, index, scale=scale)
-    from .triton_kernels import triton_sparse_attention
+        out = flex_sparse_attention(q, k, v, index, scale=scale)
+    else:
+        from .triton_kernels import triton_sparse_attention
 
-    return triton_sparse_attention(q, k, v, index, scale=scale)
+        out = triton_sparse_attention(q, k, v, index, scale=scale)
+    return out[:, rows_from:]
 
 
 def sparse_attention(

@@ -178,10 +178,14 @@ class SparseIndex:
         """Dense kept-pairs mask ``bool [H, N, N]`` (small ``N`` only: tests and the reference)."""
         return self.row_mask(torch.arange(self.seq_len, device=self.device))
 
-    def pair_counts(self) -> torch.Tensor:
-        """Number of kept causal ``(query, key)`` pairs per head: ``int64 [H]`` (no dense mask built)."""
+    def pair_counts(self, from_q_block: int = 0) -> torch.Tensor:
+        """Number of kept causal ``(query, key)`` pairs per head: ``int64 [H]`` (no dense mask built).
+
+        ``from_q_block`` counts only the query blocks from that one on (a chunked-prefill segment).
+        """
         n, b = self.seq_len, self.block_size
         qb = torch.arange(self.num_q_blocks, device=self.device).view(1, -1, 1)
+        in_range = qb >= from_q_block
         rows_in_block = torch.clamp(n - qb * b, max=b)
         used = torch.arange(self.block_ids.shape[-1], device=self.device) < self.block_counts.unsqueeze(-1)
         # an off-diagonal block is seen whole by every row; the diagonal block is a triangle
@@ -189,11 +193,11 @@ class SparseIndex:
         off_diag = rows_in_block * keys_in_block
         diagonal = rows_in_block * (rows_in_block + 1) // 2
         per_block = torch.where(self.block_ids == qb, diagonal, off_diag)
-        total = (per_block * used).sum(dim=(1, 2))
+        total = (per_block * (used & in_range)).sum(dim=(1, 2))
         # column c is seen by the rows i >= c of its query block
         col_used = torch.arange(self.columns.shape[-1], device=self.device) < self.column_counts.unsqueeze(-1)
         rows_after = (qb * b + rows_in_block - torch.maximum(self.columns, qb * b)).clamp(min=0)
-        return total + (rows_after * col_used).sum(dim=(1, 2))
+        return total + (rows_after * (col_used & in_range)).sum(dim=(1, 2))
 
     def density(self) -> float:
         """Fraction of all causal pairs (over heads) that the index keeps."""

@@ -13,6 +13,8 @@ from server.app import create_app
 from server.engine import Engine, served_name
 from server.metrics import ServerMetrics
 from server.model_prep import ensure_model
+from server.sparse_setup import SparseSetupError, arm
+from profiles.schema import ProfileError
 from server.shutdown import DrainingServer
 from server.state import ServerState
 from server.settings import ServerSettings
@@ -26,8 +28,20 @@ async def _serve(settings: ServerSettings) -> None:
     if not (model_dir / "config.json").is_file():
         raise SystemExit(f"sparse-serve: {model_dir} is not a Hugging Face model folder "
                          "(no config.json)")
+    try:
+        sparse = arm(settings, model_dir)
+    except (ProfileError, SparseSetupError) as exc:
+        raise SystemExit(f"sparse-serve: {exc}") from None
     metrics = ServerMetrics(served_name(settings, model_dir))
+    if sparse is not None:
+        metrics.add_sparse_collector(sparse.stats, sparse.pattern_counts)
     engine = Engine.start(settings, model_dir, stat_loggers=[metrics.stat_logger_factory()])
+    if sparse is not None:
+        try:
+            sparse.verify_engine()
+        except SparseSetupError as exc:
+            engine.shutdown()
+            raise SystemExit(f"sparse-serve: {exc}") from None
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     state = ServerState(
         engine=engine, metrics=metrics,
@@ -44,6 +58,8 @@ async def _serve(settings: ServerSettings) -> None:
         await server.serve()
     finally:
         engine.shutdown()
+        if sparse is not None:
+            sparse.close()
 
 
 def serve(settings: ServerSettings) -> int:

@@ -9,9 +9,13 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from vllm.config import VllmConfig
 from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, SchedulerStats
+
+from attention_backends.engine_stats import EngineStats
 
 P = "sparse_serve:"
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
@@ -49,6 +53,10 @@ class ServerMetrics:
         self.in_flight = Gauge(f"{P}http_requests_in_flight", "Generation requests being served.",
                                labels, registry=r).labels(model_name)
         self._model = model_name
+
+    def add_sparse_collector(self, stats: EngineStats, pattern_counts: dict[str, int]) -> None:
+        """Export the sparse backend's counters (written by the engine process) on /metrics."""
+        self.registry.register(_SparseCollector(stats, self._model, pattern_counts))
 
     def finished(self, reason: str) -> None:
         self._finished.labels(self._model, reason).inc()
@@ -109,3 +117,32 @@ class RequestClock:
         self.metrics.generation_tokens.inc(generated)
         for reason in reasons:
             self.metrics.finished(reason)
+
+
+class _SparseCollector(Collector):
+    """Sparse-prefill counters read from the engine's shared stats file at scrape time."""
+
+    def __init__(self, stats: EngineStats, model_name: str, pattern_counts: dict[str, int]) -> None:
+        self.stats, self.model, self.patterns = stats, model_name, pattern_counts
+
+    def collect(self):
+        labels = ["model_name"]
+        sparse = CounterMetricFamily(f"{P}sparse_prefill_tokens", "Prefill tokens run with sparse "
+                                     "attention patterns.", labels=labels)
+        sparse.add_metric([self.model], self.stats.sparse_tokens)
+        dense = CounterMetricFamily(f"{P}dense_prefill_tokens", "Prefill tokens run dense (context "
+                                    "below the sparse threshold, or a fallback).", labels=labels)
+        dense.add_metric([self.model], self.stats.dense_tokens)
+        fallbacks = CounterMetricFamily(f"{P}sparse_fallbacks", "Sparse-eligible prefill segments "
+                                        "that ran dense, by reason.", labels=labels + ["reason"])
+        for reason, count in self.stats.fallbacks().items():
+            fallbacks.add_metric([self.model, reason], count)
+        density = GaugeMetricFamily(f"{P}sparse_layer_density", "Mean fraction of causal pairs "
+                                    "computed by sparse prefill, per layer.", labels=labels + ["layer"])
+        for layer, value in self.stats.layer_density().items():
+            density.add_metric([self.model, str(layer)], value)
+        heads = GaugeMetricFamily(f"{P}sparse_heads", "(layer, head) pairs per prefill pattern in "
+                                  "the active profile.", labels=labels + ["pattern"])
+        for pattern, count in self.patterns.items():
+            heads.add_metric([self.model, pattern], count)
+        yield from (sparse, dense, fallbacks, density, heads)

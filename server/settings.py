@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "sparse-serve"
+DEFAULT_SPARSE_THRESHOLD = 4096
 
 
 class ServerSettings(BaseSettings):
@@ -83,6 +84,15 @@ class ServerSettings(BaseSettings):
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 beyond).")
     max_messages: int = Field(1024, ge=1, description="Most messages in one chat request.")
+    profile: Path | None = Field(
+        None, description="Per-head sparse attention profile (JSON, `sparse-serve profile build`). "
+        "Default: the shipped profile when the model matches it (SmolLM2-135M-Instruct).")
+    sparse_threshold: int = Field(
+        DEFAULT_SPARSE_THRESHOLD, ge=1,
+        description="Prefill segments whose context (cached + new tokens) is shorter than this "
+        "run dense; longer ones run the profile's sparse patterns. Default from the measured "
+        "dense/sparse crossover on CPU (README).")
+    no_sparse: bool = Field(False, description="Serve with plain dense vLLM attention.")
     seed: int = Field(0, description="Engine random seed (requests may pass their own `seed`).")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the server."

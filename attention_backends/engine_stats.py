@@ -1,0 +1,78 @@
+"""Counters shared between the engine process (writer) and the HTTP server (reader).
+
+The attention backend runs in vLLM's engine-core / worker processes, the Prometheus endpoint
+in the API server process. A small memory-mapped file of float64 slots carries the counters
+across: the server creates it, passes its path in the plugin config, the backend of
+tensor-parallel rank 0 adds to it, and ``/metrics`` reads it. Slots:
+
+``active``: attention layers built with the sparse backend (proves at start-up that vLLM
+selected it); ``sparse_tokens`` / ``dense_tokens``: prefill tokens run sparse / dense (counted
+once per segment, at the model's first layer); ``fallback[reason]``: sparse-eligible segments
+that ran dense, per reason; ``kept[layer]`` / ``causal[layer]``: pairs computed and causal
+pairs of sparse segments, per layer (their ratio is the layer's mean density).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+FALLBACK_REASONS = ("short_segment", "error")
+"""Why a sparse-eligible prefill segment ran dense (each is logged and counted)."""
+
+_HEADER = 3  # active, sparse_tokens, dense_tokens
+
+
+class EngineStats:
+    """Fixed layout of counters over a float64 memory map of ``num_layers`` layers."""
+
+    def __init__(self, path: Path, num_layers: int, *, create: bool = False) -> None:
+        self.path = Path(path)
+        self.num_layers = num_layers
+        size = _HEADER + len(FALLBACK_REASONS) + 2 * num_layers
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            np.zeros(size, dtype=np.float64).tofile(self.path)
+        elif self.path.stat().st_size != size * 8:
+            raise ValueError(f"{self.path}: stats file does not match {num_layers} layers")
+        self._slots = np.memmap(self.path, dtype=np.float64, mode="r+", shape=(size,))
+
+    # ---------------------------------------------------------------- writer side
+    def mark_active(self) -> None:
+        self._slots[0] += 1
+
+    def add_tokens(self, sparse: int, dense: int) -> None:
+        self._slots[1] += sparse
+        self._slots[2] += dense
+
+    def add_fallback(self, reason: str) -> None:
+        self._slots[_HEADER + FALLBACK_REASONS.index(reason)] += 1
+
+    def add_pairs(self, layer: int, kept: int, causal: int) -> None:
+        base = _HEADER + len(FALLBACK_REASONS)
+        self._slots[base + layer] += kept
+        self._slots[base + self.num_layers + layer] += causal
+
+    # ---------------------------------------------------------------- reader side
+    @property
+    def active_layers(self) -> int:
+        return int(self._slots[0])
+
+    @property
+    def sparse_tokens(self) -> int:
+        return int(self._slots[1])
+
+    @property
+    def dense_tokens(self) -> int:
+        return int(self._slots[2])
+
+    def fallbacks(self) -> dict[str, int]:
+        return {r: int(self._slots[_HEADER + i]) for i, r in enumerate(FALLBACK_REASONS)}
+
+    def layer_density(self) -> dict[int, float]:
+        """Mean density per layer over the sparse segments seen so far (layers with none left out)."""
+        base = _HEADER + len(FALLBACK_REASONS)
+        kept = self._slots[base : base + self.num_layers]
+        causal = self._slots[base + self.num_layers : base + 2 * self.num_layers]
+        return {i: float(kept[i] / causal[i]) for i in range(self.num_layers) if causal[i] > 0}

@@ -1,0 +1,117 @@
+"""Sparse prefill of one request segment inside a paged engine, per head group.
+
+An engine with chunked prefill and prefix caching runs prefill in segments: the queries of a
+segment are the last ``Nq`` of the ``N`` positions whose keys/values are in the cache (earlier
+chunks, a cached prefix, then the segment itself). This module runs the per-head patterns of
+a profile on such a segment (MInference's and FlexPrefill's patterns estimated on the
+segment's queries against every key, as MInference does per chunk):
+
+* heads are grouped by pattern parameters; each group is planned and executed once, its
+  key/value heads expanded per query head (GQA) so any subset of query heads forms a group;
+* the index is planned for the whole ``N x N`` causal square with the segment's queries in
+  the last rows (earlier rows are zero and never executed: ``rows_from``);
+* ``dense`` heads run exact causal attention over the segment in row tiles.
+
+Pure tensors in, tensors out; the vLLM adapter (``vllm_backend``) feeds it from the paged cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .interface import Backend, estimate_index, run_index
+from .patterns import DenseParams, PatternParams
+
+
+@dataclass(frozen=True)
+class HeadGroup:
+    """Query heads (local numbers on this rank) that share one pattern's parameters."""
+
+    params: PatternParams
+    heads: tuple[int, ...]
+
+
+@dataclass
+class SegmentStats:
+    """Kept and causal (query, key) pairs of one segment, summed over heads."""
+
+    kept_pairs: int = 0
+    causal_pairs: int = 0
+
+    @property
+    def density(self) -> float:
+        return self.kept_pairs / self.causal_pairs if self.causal_pairs else 1.0
+
+
+def causal_pairs(n: int, rows_from: int) -> int:
+    """Causal pairs of the query rows ``[rows_from, n)``: ``sum(i + 1)``."""
+    return (n * (n + 1) - rows_from * (rows_from + 1)) // 2
+
+
+def dense_tail_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, rows_per_tile: int = 256
+) -> torch.Tensor:
+    """Exact causal attention of the last rows: ``q [Hq, Nq, D]``, ``k, v [Hkv, N, D]`` -> ``[Hq, Nq, D]``.
+
+    Query ``i`` sits at position ``N - Nq + i``. Row tiles keep memory at O(rows_per_tile * N).
+    """
+    h, nq, d = q.shape
+    n = k.shape[1]
+    start = n - nq
+    out = torch.empty(h, nq, d, dtype=q.dtype, device=q.device)
+    keys = torch.arange(n, device=q.device)
+    for r0 in range(0, nq, rows_per_tile):
+        r1 = min(r0 + rows_per_tile, nq)
+        pos = start + torch.arange(r0, r1, device=q.device)
+        mask = keys.unsqueeze(0) <= pos.unsqueeze(1)
+        out[:, r0:r1] = torch.nn.functional.scaled_dot_product_attention(
+            q[:, r0:r1], k, v, attn_mask=mask, scale=scale, enable_gqa=h != k.shape[0]
+        )
+    return out
+
+
+def segment_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    groups: list[HeadGroup],
+    *,
+    scale: float,
+    backend: Backend = "auto",
+) -> tuple[torch.Tensor, SegmentStats]:
+    """Per-head-group sparse attention of one prefill segment.
+
+    ``q [Hq, Nq, D]`` are the queries at positions ``[N - Nq, N)``; ``k, v [Hkv, N, D]`` every
+    key/value of the sequence so far; ``groups`` must cover each query head once. Returns
+    ``out [Hq, Nq, D]`` (``q.dtype``) and the kept / causal pair counts of the segment.
+    """
+    hq, nq, d = q.shape
+    hkv, n, _ = k.shape
+    if nq > n or hq % hkv:
+        raise ValueError(f"segment of {nq} queries x {hq} heads does not fit {n} keys x {hkv} kv heads")
+    covered = sorted(h for g in groups for h in g.heads)
+    if covered != list(range(hq)):
+        raise ValueError(f"head groups must cover query heads 0..{hq - 1} once; got {covered}")
+    start, per_kv = n - nq, hq // hkv
+    out = torch.empty_like(q)
+    stats = SegmentStats()
+    for group in groups:
+        heads = torch.tensor(group.heads, device=q.device)
+        kg, vg = k[heads // per_kv], v[heads // per_kv]
+        qg = q[heads]
+        if isinstance(group.params, DenseParams):
+            out[heads] = dense_tail_attention(qg, kg, vg, scale=scale)
+            pairs = causal_pairs(n, start) * len(group.heads)
+            stats.kept_pairs += pairs
+            stats.causal_pairs += pairs
+            continue
+        q_full = qg.new_zeros(len(group.heads), n, d)
+        q_full[:, start:] = qg
+        index = estimate_index(q_full, kg, group.params, scale=scale)
+        out[heads] = run_index(q_full, kg, vg, index, scale=scale, backend=backend, rows_from=start)
+        first_block = start // index.block_size
+        stats.kept_pairs += int(index.pair_counts(first_block).sum().item())
+        stats.causal_pairs += causal_pairs(n, first_block * index.block_size) * len(group.heads)
+    return out, stats

@@ -1,0 +1,257 @@
+"""The vLLM adapter: a CPU attention backend that runs long prefill segments sparse, per head.
+
+The only module that touches vLLM's attention-backend API. It wraps vLLM's own CPU backend
+(``CPUAttentionBackend``; registered over ``CPU_ATTN`` by :mod:`attention_backends.plugin`):
+same KV-cache layout and cache-write op, same decode path. Work is split as FlashInfer and
+SGLang do it:
+
+* **plan, once per batch** (``SparseCPUMetadataBuilder.build``): which requests are prefill
+  segments with a context of at least ``threshold`` tokens (sparse), and a metadata of vLLM's
+  kernel for the rest (decode tokens, short prefills), built by the wrapped builder;
+* **run, per layer** (``SparseCPUAttentionImpl.forward``): vLLM's kernel over the dense rows,
+  then for every sparse segment the keys/values read back from the paged cache and the
+  layer's head groups from the profile (:mod:`attention_backends.segment`).
+
+Segments too short to plan (fewer than ``min_segment`` new tokens) and segments whose sparse
+path raises run dense; both are logged and counted as fallbacks (``engine_stats``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+from vllm import _custom_ops as ops
+from vllm.config import VllmConfig
+from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+from vllm.model_executor.models.utils import extract_layer_index
+from vllm.v1.attention.backend import AttentionType, CommonAttentionMetadata
+from vllm.v1.attention.backends.cpu_attn import (
+    CPUAttentionBackend,
+    CPUAttentionBackendImpl,
+    CPUAttentionMetadata,
+    CPUAttentionMetadataBuilder,
+)
+from vllm.v1.kv_cache_interface import AttentionSpec
+
+from profiles.schema import load_profile
+
+from .engine_stats import EngineStats
+from .head_plan import HeadPlan
+from .paged_kv import gather_sequence_kv
+from .plugin_config import PluginConfig
+from .segment import dense_tail_attention, segment_attention
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    """Per-process state of the plugin: its config, this rank's head plan, the shared counters."""
+
+    config: PluginConfig
+    plan: HeadPlan
+    stats: EngineStats | None
+    tp_rank: int
+
+
+@lru_cache(maxsize=1)
+def runtime() -> _Runtime:
+    config = PluginConfig.from_env()
+    if config is None:
+        raise RuntimeError("sparse-serve attention backend selected but SPARSE_SERVE_PLUGIN is not set")
+    profile = load_profile(config.profile)
+    tp_size, tp_rank = get_tensor_model_parallel_world_size(), get_tensor_model_parallel_rank()
+    plan = HeadPlan.from_profile(profile, tp_size, tp_rank)
+    stats = None
+    if config.stats_path is not None and tp_rank == 0:
+        stats = EngineStats(config.stats_path, profile.model.num_layers)
+    logger.info("sparse prefill: profile %s, threshold %d, rank %d/%d (query heads %s)",
+                config.profile, config.threshold, tp_rank, tp_size, plan.global_heads)
+    return _Runtime(config=config, plan=plan, stats=stats, tp_rank=tp_rank)
+
+
+def check_cache_layout(isa: str, dtype: torch.dtype, block_size: int, head_size: int) -> None:
+    """Write a few keys/values with vLLM's own cache op and read them back with ``paged_kv``.
+
+    Raises ``RuntimeError`` when the layout differs (e.g. the AMX ISA's packed keys).
+    """
+    hkv, tokens = 2, block_size + 3
+    cache = torch.zeros(3, hkv, block_size, 2 * head_size, dtype=dtype)
+    k = torch.randn(tokens, hkv, head_size).to(dtype)
+    v = torch.randn(tokens, hkv, head_size).to(dtype)
+    key_cache, value_cache = cache.view(3, hkv, 2 * block_size, head_size).chunk(2, dim=2)
+    slots = torch.arange(block_size, block_size + tokens)
+    ops.cpu_attn_reshape_and_cache(k, v, key_cache, value_cache, slots, isa,
+                                   k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
+    got_k, got_v = gather_sequence_kv(cache, torch.tensor([1, 2]), tokens)
+    if not (torch.equal(got_k, k.transpose(0, 1)) and torch.equal(got_v, v.transpose(0, 1))):
+        raise RuntimeError(f"vLLM's CPU KV-cache layout for ISA {isa!r} is not the one sparse-serve "
+                           "reads; serve with --no-sparse on this machine")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One request's sparse prefill segment: its query rows in the batch and its context."""
+
+    q_start: int
+    q_end: int
+    seq_len: int
+    block_ids: torch.Tensor
+
+
+@dataclass
+class BatchPlan:
+    """Split of one batch into vLLM-kernel rows and sparse segments."""
+
+    segments: list[Segment]
+    dense_rows: torch.Tensor | None = None
+    dense_metadata: CPUAttentionMetadata | None = None
+
+
+@dataclass
+class SparsePrefillMetadata(CPUAttentionMetadata):
+    plan: BatchPlan | None = field(default=None)
+
+
+class SparseCPUMetadataBuilder(CPUAttentionMetadataBuilder):
+    def __init__(self, kv_cache_spec: AttentionSpec, layer_names: list[str],
+                 vllm_config: VllmConfig, device: torch.device) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        if self.kv_cache_dtype != "auto":
+            raise RuntimeError(f"sparse prefill reads the KV cache back and needs kv_cache_dtype "
+                               f"'auto', not {self.kv_cache_dtype!r}; serve with --no-sparse")
+        check_cache_layout(self.isa, self.dtype, self.block_size, self.head_dim)
+        rt = runtime()
+        self._config = rt.config
+        # count tokens once per batch: on TP rank 0 of the pipeline stage holding layer 0
+        has_first_layer = any(extract_layer_index(name) == 0 for name in layer_names)
+        self._stats = rt.stats if has_first_layer else None
+
+    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
+              fast_build: bool = False) -> SparsePrefillMetadata:
+        cm = common_attn_metadata
+        base = super().build(common_prefix_len, cm, fast_build)
+        fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(CPUAttentionMetadata)}
+        if self.is_cross_attention or self.is_encoder_only_attention:
+            return SparsePrefillMetadata(**fields)
+        qsl = cm.query_start_loc_cpu.tolist()
+        seq_lens = cm.seq_lens.cpu().tolist()
+        segments: list[Segment] = []
+        dense_reqs: list[int] = []
+        dense_prefill = 0
+        for i in range(cm.num_reqs):
+            q_len, seq_len = qsl[i + 1] - qsl[i], seq_lens[i]
+            long_context = q_len > 1 and seq_len >= self._config.threshold
+            if long_context and q_len >= self._config.min_segment:
+                segments.append(Segment(qsl[i], qsl[i + 1], seq_len, cm.block_table_tensor[i]))
+                continue
+            dense_reqs.append(i)
+            if q_len > 1:
+                dense_prefill += q_len
+            if long_context and self._stats is not None:
+                self._stats.add_fallback("short_segment")
+        if self._stats is not None:
+            self._stats.add_tokens(sum(s.q_end - s.q_start for s in segments), dense_prefill)
+        if not segments:
+            return SparsePrefillMetadata(**fields)
+        plan = BatchPlan(segments=segments)
+        if dense_reqs:
+            plan.dense_rows, sub = self._sub_batch(cm, dense_reqs)
+            plan.dense_metadata = super().build(0, sub, fast_build)
+        return SparsePrefillMetadata(**fields, plan=plan)
+
+    @staticmethod
+    def _sub_batch(cm: CommonAttentionMetadata, reqs: list[int]) -> tuple[torch.Tensor, CommonAttentionMetadata]:
+        """Rows of ``reqs`` in the batch, and the common metadata of those requests alone."""
+        qsl = cm.query_start_loc_cpu
+        lens = qsl[1:] - qsl[:-1]
+        idx = torch.tensor(reqs, dtype=torch.long)
+        rows = torch.cat([torch.arange(int(qsl[i]), int(qsl[i + 1])) for i in reqs])
+        sub_qsl = torch.zeros(len(reqs) + 1, dtype=qsl.dtype)
+        sub_qsl[1:] = torch.cumsum(lens[idx], 0)
+        seq_lens = cm.seq_lens[idx]
+        sub = dataclasses.replace(
+            cm,
+            query_start_loc=sub_qsl.to(cm.query_start_loc.device),
+            query_start_loc_cpu=sub_qsl,
+            seq_lens=seq_lens,
+            num_reqs=len(reqs),
+            num_actual_tokens=int(rows.numel()),
+            max_query_len=int(lens[idx].max()),
+            max_seq_len=int(seq_lens.max()),
+            block_table_tensor=cm.block_table_tensor[idx],
+            slot_mapping=cm.slot_mapping[rows],
+        )
+        return rows, sub
+
+
+class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._runtime = runtime()
+        if self.attn_type == AttentionType.DECODER and self._runtime.stats is not None:
+            self._runtime.stats.mark_active()
+        self._layer: int | None = None
+
+    def _groups(self, layer: torch.nn.Module) -> tuple[int, tuple]:
+        if self._layer is None:
+            self._layer = extract_layer_index(layer.layer_name)
+            groups = self._runtime.plan.groups(self._layer)
+            heads = sorted(h for g in groups for h in g.heads)
+            if heads != list(range(self.num_heads)):
+                raise RuntimeError(f"layer {self._layer}: profile gives {len(heads)} query heads on this "
+                                   f"rank, the layer has {self.num_heads}")
+        return self._layer, self._runtime.plan.groups(self._layer)
+
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,  # type: ignore[override]
+                output_scale=None, output_block_scale=None):
+        plan = getattr(attn_metadata, "plan", None)
+        if plan is None:
+            return super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
+                                   output_scale, output_block_scale)
+        if plan.dense_rows is not None:
+            rows = plan.dense_rows
+            dense_out = output.new_empty((rows.numel(), *output.shape[1:]))
+            super().forward(layer, query[rows], key[rows], value[rows], kv_cache,
+                            plan.dense_metadata, dense_out)
+            output[rows] = dense_out
+        layer_idx, groups = self._groups(layer)
+        executor = self._runtime.config.executor or ("triton" if query.is_cuda else "gather")
+        stats = self._runtime.stats
+        for seg in plan.segments:
+            k_all, v_all = gather_sequence_kv(kv_cache, seg.block_ids, seg.seq_len)
+            q = query[seg.q_start:seg.q_end].transpose(0, 1)
+            try:
+                out, pairs = segment_attention(q, k_all, v_all, list(groups), scale=self.scale,
+                                               backend=executor)
+            except Exception:  # noqa: BLE001 - any failure of the sparse path runs dense, counted
+                logger.exception("sparse prefill failed on layer %d (%d tokens); running dense",
+                                 layer_idx, seg.seq_len)
+                if stats is not None:
+                    stats.add_fallback("error")
+                out = dense_tail_attention(q, k_all, v_all, scale=self.scale)
+            else:
+                if stats is not None:
+                    stats.add_pairs(layer_idx, pairs.kept_pairs, pairs.causal_pairs)
+            output[seg.q_start:seg.q_end] = out.transpose(0, 1).to(output.dtype)
+        return output
+
+
+class SparseCPUAttentionBackend(CPUAttentionBackend):
+    """vLLM's CPU attention with sparse long-prefill segments (registered over ``CPU_ATTN``)."""
+
+    @staticmethod
+    def get_name() -> str:
+        return "CPU_ATTN"  # vLLM looks the layer's backend up by this enum name
+
+    @staticmethod
+    def get_impl_cls() -> type[SparseCPUAttentionImpl]:
+        return SparseCPUAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[SparseCPUMetadataBuilder]:
+        return SparseCPUMetadataBuilder

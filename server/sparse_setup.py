@@ -1,0 +1,99 @@
+"""Server side of sparse prefill: pick and validate the profile, arm the vLLM plugin, verify it.
+
+Before the engine starts: resolve the profile (``--profile``, else the shipped one when the
+model matches it), validate it against the model's fingerprint (errors name the file and the
+field), create the shared counters file and export the plugin config that every vLLM process
+inherits. After the engine started: check that vLLM really built our backend's layers, and
+refuse to serve otherwise (never a silent dense fallback).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import profiles
+from attention_backends.engine_stats import EngineStats
+from attention_backends.head_plan import pattern_counts
+from attention_backends.plugin_config import PluginConfig
+from profiles.schema import Profile, ProfileError, check_fingerprint, fingerprint_from_dir, load_profile
+from server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+SHIPPED_PROFILE = Path(profiles.__file__).resolve().parent / "smollm2-135m-instruct.json"
+
+
+class SparseSetupError(RuntimeError):
+    """Sparse prefill cannot be enabled as asked; the message says why and what to pass."""
+
+
+@dataclass
+class SparseSetup:
+    """An armed plugin: its config, the profile and the counters the server reads."""
+
+    config: PluginConfig
+    profile: Profile
+    stats: EngineStats
+    _tmpdir: tempfile.TemporaryDirectory
+
+    @property
+    def pattern_counts(self) -> dict[str, int]:
+        return pattern_counts(self.profile)
+
+    def verify_engine(self) -> None:
+        """Raise :class:`SparseSetupError` unless the engine built the sparse backend's layers."""
+        if self.stats.active_layers == 0:
+            raise SparseSetupError(
+                "vLLM did not select the sparse-serve attention backend (no layer was built with "
+                "it; is the vllm.general_plugins entry point installed, or VLLM_PLUGINS excluding "
+                "it?); serve with --no-sparse to run dense")
+        counts = ", ".join(f"{n} {p}" for p, n in self.pattern_counts.items())
+        logger.info("attention backend: sparse-serve SparseCPUAttentionBackend (wraps CPU_ATTN) on "
+                    "%d layers; profile %s: %s heads; sparse for prefill context >= %d tokens",
+                    self.stats.active_layers, self.config.profile, counts, self.config.threshold)
+
+    def close(self) -> None:
+        PluginConfig.clear_env()
+        self._tmpdir.cleanup()
+
+
+def resolve_profile(settings: ServerSettings, model_dir: Path) -> tuple[Path, Profile]:
+    """The profile to serve ``model_dir`` with, validated; :class:`SparseSetupError` / ``ProfileError``."""
+    model = fingerprint_from_dir(model_dir)
+    if settings.profile is not None:
+        profile = load_profile(settings.profile)
+        check_fingerprint(profile, model, str(settings.profile))
+        return settings.profile, profile
+    shipped = load_profile(SHIPPED_PROFILE)
+    try:
+        check_fingerprint(shipped, model, str(SHIPPED_PROFILE))
+    except ProfileError as exc:
+        raise SparseSetupError(
+            f"no sparse profile for {model_dir} (the shipped one is for another model: {exc}); "
+            "build one with `sparse-serve profile build` and pass --profile, or pass --no-sparse"
+        ) from None
+    return SHIPPED_PROFILE, shipped
+
+
+def arm(settings: ServerSettings, model_dir: Path) -> SparseSetup | None:
+    """Validate the profile and export the plugin config; ``None`` when serving dense."""
+    if settings.no_sparse:
+        PluginConfig.clear_env()
+        logger.info("attention backend: vLLM default (dense), --no-sparse")
+        return None
+    if torch.cuda.is_available():
+        raise SparseSetupError("the sparse prefill backend wraps vLLM's CPU attention only in this "
+                               "version (no CUDA FlashAttention wrapper yet); pass --no-sparse on GPUs")
+    path, profile = resolve_profile(settings, model_dir)
+    tmpdir = tempfile.TemporaryDirectory(prefix="sparse-serve-")
+    stats_path = Path(tmpdir.name) / "engine-stats.bin"
+    stats = EngineStats(stats_path, profile.model.num_layers, create=True)
+    config = PluginConfig(profile=path.resolve(), threshold=settings.sparse_threshold,
+                          stats_path=stats_path)
+    config.to_env()
+    return SparseSetup(config=config, profile=profile, stats=stats, _tmpdir=tmpdir)

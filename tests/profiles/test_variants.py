@@ -1,0 +1,29 @@
+"""Full-budget profiles keep every head's pattern and make its index exhaustive."""
+
+from __future__ import annotations
+
+import torch
+
+from attention_backends import estimate_index
+from attention_backends.patterns import DenseParams
+from profiles.schema import load_profile, parse_profile
+from profiles.variants import full_budget
+from server.sparse_setup import SHIPPED_PROFILE
+
+
+def test_full_budget_keeps_patterns_and_covers_every_pair() -> None:
+    shipped = load_profile(SHIPPED_PROFILE)
+    full = full_budget(shipped)
+    parse_profile(full.model_dump(mode="json"), "full-budget")  # still a valid profile
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 300, 64, generator=g), torch.randn(1, 300, 64, generator=g)
+    seen = set()
+    for old_layer, new_layer in zip(shipped.layers, full.layers):
+        for old, new in zip(old_layer.heads, new_layer.heads):
+            assert old.prefill.pattern == new.prefill.pattern
+            if new.prefill.pattern in seen or isinstance(new.prefill, DenseParams):
+                continue
+            seen.add(new.prefill.pattern)
+            index = estimate_index(q, k, new.prefill)
+            assert index.density() == 1.0, new.prefill
+    assert len(seen) >= 3
