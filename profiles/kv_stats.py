@@ -1,10 +1,22 @@
-"""Decode-time KV statistics per head and the placeholder KV policy rule.
+"""Decode-time KV statistics per head and the KV policy rules.
 
 ShadowKV (Sun et al., 2024) keeps pre-RoPE keys in a low-rank form, so the relative error of a
 rank-r reconstruction of a head's pre-RoPE keys says how well it compresses. Streaming heads
-(A-shape prefill) can drop the middle of the cache (StreamingLLM). The rule here is a
-placeholder that the KV-cache issue replaces with real criteria: ``streaming`` for A-shape
-heads, ``full`` for everything else; the statistics are recorded either way.
+(A-shape prefill) can drop the middle of the cache (StreamingLLM). :func:`kv_policy` is the
+placeholder rule the shipped profile was built with (``streaming`` for A-shape heads, ``full``
+otherwise); :func:`choose_kv_policy` is the real rule, driven by measured criteria:
+
+* :func:`layer_lowrank_error`: relative Frobenius error of the rank-r fit of a layer's pre-RoPE
+  keys with heads concatenated along features (the layout :mod:`kvcache.lowrank` stores);
+* :func:`shadowkv_decode_recall`: decode-time attention recall of the budgeted ShadowKV selection
+  (:mod:`kvcache.selection`) on calibration q/k: for sampled query rows ``t``, the row is treated
+  as the decode query of the prefix ``[0, t]`` (landmarks and outliers of that prefix), and the
+  recall is the exact softmax mass of the row that falls on the selected positions;
+* :func:`nosa_decode_recall`: the same for consecutive rows with the locality constraint carried
+  from row to row (:mod:`kvcache.nosa`);
+* :func:`streaming_decode_recall`: the same for sinks + window only.
+
+Thresholds (:data:`TARGET_DECODE_RECALL`, :data:`MAX_LOWRANK_ERROR`) are documented where defined.
 """
 
 from __future__ import annotations
@@ -12,10 +24,28 @@ from __future__ import annotations
 import torch
 
 from attention_backends import AShapeParams, PatternParams
+from kvcache.decode_attention import decode_recall
+from kvcache.landmarks import chunk_landmarks, outlier_chunks
+from kvcache.lowrank import relative_error
+from kvcache.nosa import nosa_select_positions
+from kvcache.params import NosaKvParams, ShadowKvParams, StreamingKvParams
+from kvcache.selection import local_start, select_positions
+from kvcache.streaming import streaming_mask
 
 from .schema import KvChoice
 
 LOWRANK_RANK = 16
+"""Per-head rank of the placeholder statistic :func:`lowrank_error` (of head_dim)."""
+
+TARGET_DECODE_RECALL = 0.95
+"""Default decode recall a compressed policy must reach (the profiler's prefill target)."""
+
+MAX_LOWRANK_ERROR = 0.15
+"""Default largest relative error of the layer's low-rank pre-RoPE keys for ``shadowkv`` / ``nosa``.
+
+A relative Frobenius error ``e`` loses ``e**2`` of the key energy (0.15 -> 2.3%); the selection
+recall is measured on exact keys, so this bound keeps the rebuilt keys close to those.
+"""
 
 
 @torch.no_grad()
@@ -35,3 +65,115 @@ def kv_policy(prefill: PatternParams, lowrank_err: float, rank: int = LOWRANK_RA
     """Placeholder policy for one head from its prefill pattern, with its statistics."""
     policy = "streaming" if isinstance(prefill, AShapeParams) else "full"
     return KvChoice(policy=policy, params={f"lowrank_error_r{rank}": round(float(lowrank_err), 6)})
+
+
+@torch.no_grad()
+def layer_lowrank_error(k_pre_rope: torch.Tensor, rank: int) -> float:
+    """Relative error of the rank-``rank`` fit of ``[Hkv, N, D]`` keys with heads concatenated (the stored layout)."""
+    if rank <= 0:
+        raise ValueError(f"rank must be positive; got {rank}")
+    return relative_error(k_pre_rope, rank)
+
+
+def _check_rows(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    if q.dim() != 3 or k.dim() != 3 or q.shape[1] != k.shape[1] or q.shape[2] != k.shape[2] or q.shape[0] % k.shape[0]:
+        raise ValueError(f"q must be [Hq, N, D] and k [Hkv, N, D] with Hq a multiple of Hkv; got {tuple(q.shape)}, {tuple(k.shape)}")
+    rows = rows.to(torch.int64).cpu()
+    if rows.numel() == 0 or rows.min() < 0 or rows.max() >= q.shape[1]:
+        raise ValueError(f"rows must be a non-empty set of positions in [0, {q.shape[1]})")
+    return rows
+
+
+@torch.no_grad()
+def shadowkv_decode_recall(
+    q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, params: ShadowKvParams | None = None, scale: float | None = None
+) -> torch.Tensor:
+    """Mean decode recall ``float32 [Hq]`` of the budgeted ShadowKV selection for query ``rows`` of post-RoPE ``q [Hq, N, D]``, ``k [Hkv, N, D]``."""
+    p = params or ShadowKvParams()
+    rows = _check_rows(q, k, rows)
+    marks = chunk_landmarks(k, p.chunk)
+    total = torch.zeros(q.shape[0], dtype=torch.float64)
+    for t in rows.tolist():
+        n = t + 1
+        start = local_start(n, p.n_local, p.chunk)
+        outliers = outlier_chunks(k[:, :start], p.n_outlier_chunks, p.chunk)
+        sel = select_positions(q[:, t], marks[:, : n // p.chunk], n, chunk=p.chunk, budget=p.budget,
+                               n_sink=p.n_sink, n_local=p.n_local, outliers=outliers, scale=scale)
+        total += decode_recall(q[:, t], k[:, :n], sel.mask, scale).double().cpu()
+    return (total / rows.numel()).float()
+
+
+@torch.no_grad()
+def nosa_decode_recall(
+    q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, params: NosaKvParams | None = None, scale: float | None = None
+) -> torch.Tensor:
+    """Like :func:`shadowkv_decode_recall` with the locality constraint carried over ``rows`` in increasing order (use consecutive rows)."""
+    p = params or NosaKvParams()
+    rows = _check_rows(q, k, rows).sort().values
+    marks = chunk_landmarks(k, p.chunk)
+    total = torch.zeros(q.shape[0], dtype=torch.float64)
+    previous = None
+    for t in rows.tolist():
+        n = t + 1
+        start = local_start(n, p.n_local, p.chunk)
+        outliers = outlier_chunks(k[:, :start], p.n_outlier_chunks, p.chunk)
+        sel = nosa_select_positions(q[:, t], marks[:, : n // p.chunk], n, previous, chunk=p.chunk, budget=p.budget,
+                                    n_sink=p.n_sink, n_local=p.n_local, outliers=outliers, max_change=p.max_change, scale=scale)
+        previous = sel.chunk_mask
+        total += decode_recall(q[:, t], k[:, :n], sel.mask, scale).double().cpu()
+    return (total / rows.numel()).float()
+
+
+@torch.no_grad()
+def streaming_decode_recall(
+    q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, params: StreamingKvParams | None = None, scale: float | None = None
+) -> torch.Tensor:
+    """Mean decode recall ``float32 [Hq]`` of sinks + window for query ``rows``."""
+    p = params or StreamingKvParams()
+    rows = _check_rows(q, k, rows)
+    total = torch.zeros(q.shape[0], dtype=torch.float64)
+    for t in rows.tolist():
+        mask = streaming_mask(k.shape[0], t + 1, p.n_sink, p.n_local, device=k.device)
+        total += decode_recall(q[:, t], k[:, : t + 1], mask, scale).double().cpu()
+    return (total / rows.numel()).float()
+
+
+def choose_kv_policy(
+    prefill: PatternParams,
+    lowrank_err: float,
+    decode_recall: float,
+    *,
+    streaming_recall: float | None = None,
+    nosa_recall: float | None = None,
+    target_recall: float = TARGET_DECODE_RECALL,
+    max_lowrank_error: float = MAX_LOWRANK_ERROR,
+    rank: int = LOWRANK_RANK,
+) -> KvChoice:
+    """KV policy of one head from measured criteria (first match wins).
+
+    1. ``streaming``: the prefill pattern is A-shape and sinks + window reach ``target_recall``
+       (``streaming_recall``; skipped when not measured).
+    2. ``nosa``: keys compress (``lowrank_err <= max_lowrank_error``) and the locality-constrained
+       selection still reaches the target (``nosa_recall``; skipped when not measured). NOSA
+       holds the same pool state as ShadowKV and moves fewer bytes, so it is preferred.
+    3. ``shadowkv``: keys compress and the budgeted selection reaches the target
+       (``decode_recall``).
+    4. ``full`` otherwise (e.g. retrieval heads whose mass is spread over many chunks).
+
+    ``lowrank_err`` is measured at ``rank`` (recorded in the params with the recalls).
+    """
+    stats = {f"lowrank_error_r{rank}": round(float(lowrank_err), 6), "decode_recall": round(float(decode_recall), 6)}
+    if streaming_recall is not None:
+        stats["streaming_recall"] = round(float(streaming_recall), 6)
+    if nosa_recall is not None:
+        stats["nosa_recall"] = round(float(nosa_recall), 6)
+    compresses = lowrank_err <= max_lowrank_error
+    if isinstance(prefill, AShapeParams) and streaming_recall is not None and streaming_recall >= target_recall:
+        policy = "streaming"
+    elif compresses and nosa_recall is not None and nosa_recall >= target_recall:
+        policy = "nosa"
+    elif compresses and decode_recall >= target_recall:
+        policy = "shadowkv"
+    else:
+        policy = "full"
+    return KvChoice(policy=policy, params=stats)
