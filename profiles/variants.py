@@ -17,7 +17,7 @@ from attention_backends.patterns import (
     VerticalSlashParams,
 )
 
-from .schema import Profile
+from .schema import ModelFingerprint, Profile
 
 EVERYTHING = 1 << 24
 """A budget larger than any context we serve (16M tokens)."""
@@ -46,3 +46,16 @@ def full_budget(profile: Profile) -> Profile:
         for layer in profile.layers
     ]
     return profile.model_copy(update={"layers": layers})
+
+
+def transfer(profile: Profile, model: ModelFingerprint) -> Profile:
+    """``profile``'s heads re-bound to ``model``'s fingerprint (same layer and head counts only).
+
+    For the same weights served differently (e.g. YaRN-extended RoPE): the heads keep the
+    patterns calibrated on the original, which is an approximation that callers must state.
+    """
+    old = profile.model
+    shape = ("num_layers", "num_q_heads", "num_kv_heads", "head_dim")
+    if any(getattr(old, f) != getattr(model, f) for f in shape):
+        raise ValueError(f"cannot transfer a profile between models of different shapes ({old} vs {model})")
+    return profile.model_copy(update={"model": model})

@@ -92,7 +92,8 @@ class ServerSettings(BaseSettings):
         description="Prefill segments whose context (cached + new tokens) is shorter than this "
         "run dense; longer ones run the profile's sparse patterns. Default from the measured "
         "dense/sparse crossover on CPU (README).")
-    no_sparse: bool = Field(False, description="Serve with plain dense vLLM attention.")
+    sparse: bool = Field(True, description="Sparse prefill from the profile; --no-sparse serves "
+                         "with plain dense vLLM attention.")
     seed: int = Field(0, description="Engine random seed (requests may pass their own `seed`).")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the server."

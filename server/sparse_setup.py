@@ -82,7 +82,7 @@ def resolve_profile(settings: ServerSettings, model_dir: Path) -> tuple[Path, Pr
 
 def arm(settings: ServerSettings, model_dir: Path) -> SparseSetup | None:
     """Validate the profile and export the plugin config; ``None`` when serving dense."""
-    if settings.no_sparse:
+    if not settings.sparse:
         PluginConfig.clear_env()
         logger.info("attention backend: vLLM default (dense), --no-sparse")
         return None

@@ -1,0 +1,116 @@
+"""Time to first token, dense vs sparse prefill, through the real server (not a test).
+
+Starts ``sparse-serve serve`` twice from this process, same settings: once ``--no-sparse`` (plain
+vLLM attention) and once with the per-head profile. The default model is extended with YaRN to
+the longest length; the shipped profile (calibrated at the native 8K) is re-bound to the
+extended model's fingerprint. For every length, a fresh synthetic document of exactly that many
+prompt tokens (prefix caching off) is sent with ``max_tokens=1`` and the client measures the
+first streamed token. Rows: ``seq_len, dense_ttft_s, sparse_ttft_s, speedup``, plus whether
+both runs answered the document's retrieval question the same way.
+
+    python benchmarks/ttft.py --lengths 16384,32768,65536 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import openai
+from transformers import AutoTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from attention_backends.synthetic_doc import generate_document  # noqa: E402
+from profiles.schema import fingerprint_from_dir, load_profile, save_profile  # noqa: E402
+from profiles.variants import transfer  # noqa: E402
+from server.model_prep import ensure_model  # noqa: E402
+from server.rope_variant import yarn_variant  # noqa: E402
+from server.sparse_setup import SHIPPED_PROFILE  # noqa: E402
+from tests.conftest import start_server, stop_server  # noqa: E402
+
+
+def prompt_of(tokenizer, length: int, seed: int) -> tuple[list[int], str]:
+    """Token ids of exactly ``length`` tokens ending with a retrieval question, and its answer."""
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    doc = generate_document(length, count, seed=seed)
+    question = tokenizer.encode(doc.question, add_special_tokens=False)
+    body = tokenizer.encode(doc.body, add_special_tokens=False)[: length - len(question)]
+    return body + question, doc.answer
+
+
+def measure(server, prompts: dict[int, list[int]], answer_tokens: int) -> dict[int, tuple[float, str]]:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0, timeout=3600)
+    results = {}
+    for length, ids in prompts.items():
+        t0 = time.perf_counter()
+        stream = client.completions.create(model=server.model, prompt=ids, max_tokens=answer_tokens,
+                                           temperature=0, stream=True)
+        ttft, text = None, ""
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].text and ttft is None:
+                ttft = time.perf_counter() - t0
+            text += chunk.choices[0].text if chunk.choices else ""
+        results[length] = (ttft if ttft is not None else float("nan"), text)
+        print(f"  {length:>6} tokens: TTFT {results[length][0]:.2f} s, answer {text.strip()[:24]!r}", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", default="16384,32768,65536", help="comma-separated prompt lengths")
+    ap.add_argument("--json", type=Path, default=None, help="write the rows here")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--chunk", type=int, default=8192, help="--max-num-batched-tokens of both servers")
+    ap.add_argument("--threshold", type=int, default=None, help="--sparse-threshold (default: server's)")
+    ap.add_argument("--answer-tokens", type=int, default=8)
+    ap.add_argument("--modes", default="dense,sparse")
+    args = ap.parse_args(argv)
+    lengths = [int(x) for x in args.lengths.split(",")]
+    model = yarn_variant(ensure_model(), max(lengths) + args.answer_tokens + 64)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    prompts = {n: prompt_of(tokenizer, n, seed=n) for n in lengths}
+    work = Path(tempfile.mkdtemp(prefix="ttft-"))
+    profile = work / "profile.json"
+    save_profile(transfer(load_profile(SHIPPED_PROFILE), fingerprint_from_dir(model)), profile)
+    common = ["--dtype", args.dtype, "--max-model-len", str(max(lengths) + args.answer_tokens + 64),
+              "--max-num-batched-tokens", str(args.chunk), "--no-enable-prefix-caching",
+              "--gpu-memory-utilization", "0.3"]
+    flags = {"dense": ["--no-sparse"], "sparse": ["--profile", str(profile)]}
+    if args.threshold is not None:
+        flags["sparse"] += ["--sparse-threshold", str(args.threshold)]
+    results = {}
+    for mode in args.modes.split(","):
+        print(f"{mode}: starting server ({model.name}, {args.dtype})", flush=True)
+        proc, server = start_server(model, work / f"{mode}.log", *common, *flags[mode], api_key=None)
+        try:
+            results[mode] = measure(server, {n: ids for n, (ids, _) in prompts.items()}, args.answer_tokens)
+        finally:
+            stop_server(proc)
+    rows = []
+    for n in lengths:
+        row: dict[str, object] = {"seq_len": n}
+        for mode in results:
+            row[f"{mode}_ttft_s"] = round(results[mode][n][0], 3)
+            row[f"{mode}_correct"] = prompts[n][1] in results[mode][n][1]
+        if "dense" in results and "sparse" in results:
+            row["speedup"] = round(results["dense"][n][0] / results["sparse"][n][0], 2)
+            row["same_answer"] = results["dense"][n][1] == results["sparse"][n][1]
+        rows.append(row)
+    print("\n" + " | ".join(rows[0]))
+    for row in rows:
+        print(" | ".join(str(v) for v in row.values()))
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "model": str(model),
+                                         "rows": rows}, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Sparse prefill inside the real engine, through the HTTP API with the `openai` SDK (float32).
+
+Servers: the session's live server (sparse armed: shipped profile, default threshold), a
+``--no-sparse`` server (plain vLLM), and a full-budget server (every head's pattern made
+exhaustive, threshold 256, 512-token prefill chunks) whose greedy outputs must equal dense
+exactly: that proves the paged KV reads, chunk boundaries, GQA and head mapping.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from accuracy.scoring import score
+from accuracy.tasks.registry import generate_samples
+from loadtests.server_metrics import parse_metrics
+from loadtests.tokenizer import load_tokenizer
+from profiles.schema import load_profile, save_profile
+from profiles.variants import full_budget
+from server.sparse_setup import SHIPPED_PROFILE
+
+pytestmark = pytest.mark.slow
+
+FULL_THRESHOLD, FULL_CHUNK = 256, 512
+
+
+def _client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0, timeout=600)
+
+
+def _complete(server, prompt: str, max_tokens: int = 16) -> tuple[str, int]:
+    out = _client(server).completions.create(model=server.model, prompt=prompt, max_tokens=max_tokens,
+                                             temperature=0)
+    return out.choices[0].text, out.usage.prompt_tokens
+
+
+def _metrics(server) -> dict[str, float]:
+    return parse_metrics(httpx.get(f"{server.url}/metrics", headers=server.headers, timeout=10).text)
+
+
+def _counter(samples: dict[str, float], name: str, **labels: str) -> float:
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(v for k, v in samples.items() if k.startswith(f"sparse_serve:{name}{{") and all(w in k for w in want))
+
+
+def _document(lines: int, salt: str = "") -> str:
+    return " ".join(f"Record {salt}{i}: the depot at gate {i % 37} stores {(i * 7919) % 1000} crates."
+                    for i in range(lines))
+
+
+@pytest.fixture(scope="module")
+def dense_server(launch_server):
+    with launch_server("--no-sparse") as (_, server):
+        yield server
+
+
+@pytest.fixture(scope="module")
+def full_budget_server(launch_server, tmp_path_factory):
+    path = tmp_path_factory.mktemp("profile") / "full-budget.json"
+    save_profile(full_budget(load_profile(SHIPPED_PROFILE)), path)
+    with launch_server("--profile", str(path), "--sparse-threshold", str(FULL_THRESHOLD),
+                       "--max-num-batched-tokens", str(FULL_CHUNK)) as (_, server):
+        yield server
+
+
+def test_startup_logs_backend_profile_and_head_counts(live_server) -> None:
+    log = live_server.log_path.read_text(errors="replace")
+    assert "attention backend: sparse-serve SparseCPUAttentionBackend (wraps CPU_ATTN) on 30 layers" in log
+    assert "smollm2-135m-instruct.json" in log and "vertical_slash heads" in log
+    heads = _counter(_metrics(live_server), "sparse_heads")
+    assert heads == 30 * 9
+
+
+def test_below_threshold_outputs_equal_no_sparse(live_server, dense_server) -> None:
+    before = _metrics(live_server)
+    for prompt in ["The capital of France is", _document(60), _document(150, "b")]:
+        ours, n = _complete(live_server, prompt)
+        assert n < 4096
+        assert ours == _complete(dense_server, prompt)[0]
+    after = _metrics(live_server)
+    assert _counter(after, "sparse_prefill_tokens_total") == _counter(before, "sparse_prefill_tokens_total")
+
+
+def test_full_budget_chunked_sparse_equals_dense_one_shot(full_budget_server, dense_server) -> None:
+    before = _metrics(full_budget_server)
+    for lines in (70, 120):  # ~1.3K and ~2.2K tokens: 3 and 5 chunks of 512
+        prompt = _document(lines, f"{lines}-")
+        ours, n = _complete(full_budget_server, prompt, max_tokens=24)
+        assert n > 2 * FULL_CHUNK
+        assert ours == _complete(dense_server, prompt, max_tokens=24)[0]
+    after = _metrics(full_budget_server)
+    sparse = _counter(after, "sparse_prefill_tokens_total") - _counter(before, "sparse_prefill_tokens_total")
+    assert sparse >= 2 * (1300 - FULL_CHUNK)
+    assert _counter(after, "sparse_fallbacks_total", reason="error") == 0
+    densities = {k: v for k, v in after.items() if "sparse_layer_density" in k}
+    assert len(densities) == 30 and all(v == pytest.approx(1.0) for v in densities.values())
+
+
+def test_prefix_cache_hit_still_matches_dense(full_budget_server, dense_server) -> None:
+    prefix = _document(100, "shared-")
+    _complete(full_budget_server, prefix + " First question: which gate stores the most crates?")
+    before = _metrics(full_budget_server)
+    prompt = prefix + " Second question: how many crates are at gate 5?"
+    ours, n = _complete(full_budget_server, prompt)
+    computed = _counter(_metrics(full_budget_server), "sparse_prefill_tokens_total") - _counter(
+        before, "sparse_prefill_tokens_total")
+    computed += _counter(_metrics(full_budget_server), "dense_prefill_tokens_total") - _counter(
+        before, "dense_prefill_tokens_total")
+    assert computed < n / 2, "the shared prefix was recomputed instead of read from the prefix cache"
+    assert ours == _complete(dense_server, prompt)[0]
+
+
+def test_concurrent_long_and_short_requests_match_single(full_budget_server) -> None:
+    prompts = [_document(90 + 10 * i, f"c{i}-") for i in range(4)] + [f"Count from {i} to {i + 5}:" for i in range(4)]
+    single = [_complete(full_budget_server, p)[0] for p in prompts]
+    with cf.ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(lambda p: _complete(full_budget_server, p)[0], prompts))
+    assert together == single
+
+
+def test_needle_found_with_shipped_profile_whenever_dense_finds_it(live_server, dense_server) -> None:
+    tokenizer = load_tokenizer(str(live_server.model_dir), None)
+    samples = generate_samples(tokenizer, ["niah_single"], [7168], 2, seed=3, endpoint="completions",
+                               depths=[0.3, 0.7], progress=False)
+    before = _metrics(live_server)
+    for sample in samples:
+        dense, n = _complete(dense_server, sample.prompt, sample.max_tokens)
+        ours, _ = _complete(live_server, sample.prompt, sample.max_tokens)
+        assert n > 6000
+        if score(dense, sample.answers, sample.metric) == 1.0:
+            assert score(ours, sample.answers, sample.metric) == 1.0, (sample.answers, ours, dense)
+    after = _metrics(live_server)
+    assert _counter(after, "sparse_prefill_tokens_total") - _counter(before, "sparse_prefill_tokens_total") > 4000
+    densities = [v for k, v in after.items() if "sparse_layer_density" in k]
+    assert densities and max(densities) < 1.0
+
+
+def test_server_refuses_to_start_when_vllm_does_not_load_the_plugin(model_dir: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, VLLM_PLUGINS="lora_filesystem_resolver")
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--model", str(model_dir), "--port", "0",
+         "--dtype", "float32", "--max-model-len", "2048", "--gpu-memory-utilization", "0.05"],
+        env=env, capture_output=True, text=True, timeout=420)
+    assert proc.returncode != 0
+    assert "vLLM did not select the sparse-serve attention backend" in proc.stderr
+    assert "--no-sparse" in proc.stderr

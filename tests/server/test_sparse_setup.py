@@ -1,0 +1,91 @@
+"""Start-up checks of sparse prefill: the profile is resolved and validated before any engine starts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attention_backends.plugin_config import ENV_VAR, PluginConfig
+from profiles.schema import ProfileError
+from server.settings import ServerSettings
+from server.sparse_setup import SHIPPED_PROFILE, SparseSetupError, arm, resolve_profile
+
+
+def _shipped_json() -> dict:
+    return json.loads(SHIPPED_PROFILE.read_text())
+
+
+def _serve(model_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server.cli", "serve", "--model", str(model_dir),
+                           "--port", "0", *extra], capture_output=True, text=True, timeout=120)
+
+
+def test_shipped_profile_is_the_default_for_the_default_model(model_dir: Path) -> None:
+    path, profile = resolve_profile(ServerSettings(model=model_dir), model_dir)
+    assert path == SHIPPED_PROFILE and profile.model.num_layers == 30
+
+
+@pytest.mark.slow
+def test_profile_of_another_model_stops_startup_naming_file_and_field(model_dir: Path, tmp_path: Path) -> None:
+    data = _shipped_json()
+    data["model"]["rope_theta"] = 500000.0
+    bad = tmp_path / "other-model.json"
+    bad.write_text(json.dumps(data))
+    proc = _serve(model_dir, "--profile", str(bad))
+    assert proc.returncode == 1
+    assert str(bad) in proc.stderr and "$.model.rope_theta" in proc.stderr
+    assert "engine ready" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_corrupt_profile_stops_startup_naming_file_and_field(model_dir: Path, tmp_path: Path) -> None:
+    data = _shipped_json()
+    data["layers"][3]["heads"][2]["prefill"] = {"pattern": "vertical_slash", "n_vertical": -5}
+    bad = tmp_path / "corrupt.json"
+    bad.write_text(json.dumps(data))
+    proc = _serve(model_dir, "--profile", str(bad))
+    assert proc.returncode == 1
+    assert str(bad) in proc.stderr and "$.layers[3].heads[2].prefill.vertical_slash.n_vertical" in proc.stderr
+
+
+@pytest.mark.slow
+def test_unreadable_profile_json_names_the_line(model_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "truncated.json"
+    bad.write_text(SHIPPED_PROFILE.read_text()[:500])
+    proc = _serve(model_dir, "--profile", str(bad))
+    assert proc.returncode == 1 and str(bad) in proc.stderr and "not valid JSON" in proc.stderr
+
+
+def test_a_model_without_matching_profile_needs_profile_or_no_sparse(tmp_path: Path, monkeypatch) -> None:
+    from transformers import LlamaConfig
+
+    model = tmp_path / "other"
+    LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=64).save_pretrained(model)
+    with pytest.raises(SparseSetupError, match="--profile, or pass --no-sparse"):
+        resolve_profile(ServerSettings(model=model), model)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert arm(ServerSettings(model=model, sparse=False), model) is None
+    assert PluginConfig.from_env() is None
+
+
+def test_arm_exports_the_plugin_config_and_creates_counters(model_dir: Path, monkeypatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    setup = arm(ServerSettings(model=model_dir, sparse_threshold=2048), model_dir)
+    try:
+        config = PluginConfig.from_env()
+        assert config == setup.config and config.threshold == 2048 and config.profile == SHIPPED_PROFILE
+        assert config.stats_path.is_file() and setup.stats.active_layers == 0
+        with pytest.raises(SparseSetupError, match="did not select the sparse-serve attention backend"):
+            setup.verify_engine()
+    finally:
+        setup.close()
+    assert PluginConfig.from_env() is None and not config.stats_path.exists()
+
+
+def test_profile_errors_are_profile_errors(tmp_path: Path, model_dir: Path) -> None:
+    with pytest.raises(ProfileError, match="cannot read profile"):
+        resolve_profile(ServerSettings(model=model_dir, profile=tmp_path / "missing.json"), model_dir)
