@@ -47,13 +47,22 @@ def dense_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
     return sparse_decode_attention(q, k, v, None, scale)
 
 
-def gather_padded(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of ``x [Hkv, N, D]`` where ``mask [Hkv, N]``, left-packed in position order: ``[Hkv, M, D]`` and ``valid [Hkv, M]``."""
+def padded_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selected positions of ``mask bool [Hkv, N]`` left-packed in ascending order: ``int64 [Hkv, M]`` and ``valid [Hkv, M]``.
+
+    ``M`` is the largest count; padding entries repeat a selected position (or 0) and are invalid.
+    """
     counts = mask.sum(dim=1)
     m = int(counts.max()) if counts.numel() else 0
-    # stable sort puts selected positions first, in ascending order
-    order = (~mask).to(torch.int8).argsort(dim=1, stable=True)[:, :m]
+    # a stable sort puts the selected positions first, in ascending order
+    order = (~mask).to(torch.int8).argsort(dim=1, stable=True)[:, :m].contiguous()
     valid = torch.arange(m, device=mask.device).unsqueeze(0) < counts.unsqueeze(1)
+    return order, valid
+
+
+def gather_padded(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``x [Hkv, N, D]`` where ``mask [Hkv, N]``, left-packed in position order: ``[Hkv, M, D]`` and ``valid [Hkv, M]``."""
+    order, valid = padded_positions(mask)
     gathered = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[2]).to(x.device))
     return gathered, valid.to(x.device)
 

@@ -26,17 +26,19 @@ def rope_inv_freq(head_dim: int, theta: float = 10000.0, device: torch.device | 
 def rope_cos_sin(
     positions: torch.Tensor, inv_freq: torch.Tensor, attention_scaling: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cos, sin`` of ``positions [L]`` (integers) for ``inv_freq [D/2]``: two ``float32 [L, D]``.
+    """``cos, sin`` of integer ``positions [...]`` for ``inv_freq [D/2]``: two ``float32 [..., D]``.
 
-    Angles are computed in float64 so large positions (32K+) keep their float32 accuracy.
+    Angles are ``float32(position) * float32(inv_freq)`` in float32, exactly as HF transformers and
+    vLLM compute them, so rotated keys match the model's own (a float64 angle would differ from
+    the model by up to ~1e-3 rad at 32K positions).
     """
-    if positions.dim() != 1 or inv_freq.dim() != 1:
-        raise ValueError(f"positions and inv_freq must be 1-D; got {tuple(positions.shape)} and {tuple(inv_freq.shape)}")
+    if inv_freq.dim() != 1:
+        raise ValueError(f"inv_freq must be 1-D; got {tuple(inv_freq.shape)}")
     if positions.dtype.is_floating_point:
         raise ValueError(f"positions must be integers; got {positions.dtype}")
-    angles = positions.to(inv_freq.device, torch.float64).unsqueeze(1) * inv_freq.double().unsqueeze(0)
+    angles = positions.to(inv_freq.device, torch.float32).unsqueeze(-1) * inv_freq.float()
     emb = torch.cat((angles, angles), dim=-1)
-    return (emb.cos() * attention_scaling).float(), (emb.sin() * attention_scaling).float()
+    return emb.cos() * attention_scaling, emb.sin() * attention_scaling
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +55,7 @@ def apply_rope(
     inv_freq: torch.Tensor | None = None,
     attention_scaling: float = 1.0,
 ) -> torch.Tensor:
-    """Rotate ``x [H, L, D]`` (pre-RoPE keys or queries) at integer ``positions [L]``; same shape and dtype.
+    """Rotate ``x [H, L, D]`` (pre-RoPE keys or queries) at integer ``positions [L]`` (or ``[H, L]``, per head); same shape and dtype.
 
     ``inv_freq [D/2]`` overrides the default frequencies of ``theta`` (pass YaRN-scaled ones
     here, with their ``attention_scaling``). The rotation is done in float32.
@@ -61,8 +63,8 @@ def apply_rope(
     if x.dim() != 3:
         raise ValueError(f"x must be [heads, len, head_dim]; got {tuple(x.shape)}")
     _, length, dim = x.shape
-    if positions.shape != (length,):
-        raise ValueError(f"positions must be [{length}]; got {tuple(positions.shape)}")
+    if positions.shape not in ((length,), (x.shape[0], length)):
+        raise ValueError(f"positions must be [{length}] or [{x.shape[0]}, {length}]; got {tuple(positions.shape)}")
     if inv_freq is None:
         inv_freq = rope_inv_freq(dim, theta, device=x.device)
     if inv_freq.shape != (dim // 2,):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .buffers import TokenBuffer, offload_device_pinned
-from .decode_attention import sparse_decode_attention
+from .decode_attention import padded_positions, sparse_decode_attention
 from .landmarks import chunk_landmarks, chunk_positions, outlier_chunks
 from .lowrank import LowRankKeys, fit_lowrank, rebuild
 from .nosa import ResidentCache, chunk_keys, nosa_select_positions
@@ -172,41 +172,62 @@ class SequenceKvStore:
         self.pending_pre.free()
 
     # ---- decode --------------------------------------------------------------------------
-    def _middle_kv(self, h: int, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Keys (post-RoPE), values and offload bytes read for compressed positions ``pos`` of KV head ``h``."""
-        k = torch.empty(pos.numel(), self.d, dtype=self.dtype, device=self.device)
-        v = torch.empty_like(k)
-        heads = torch.tensor([h], device=self.device)
-        fitted = pos < self.n_fit
-        if bool(fitted.any()):
-            k[fitted] = rebuild(self.factors, pos[fitted], heads)[0]
-        if not bool(fitted.all()):
-            k[~fitted] = self.pending_pre.view()[h, pos[~fitted] - self.n_fit]
-        k = apply_rope(k.unsqueeze(0), pos, inv_freq=self.inv_freq, attention_scaling=self.attention_scaling)[0]
-        out_pos = chunk_positions(self.outliers[h], self.chunk)
-        is_out = torch.isin(pos, out_pos)
-        if bool(is_out.any()):
-            j = torch.searchsorted(out_pos, pos[is_out])
-            k[is_out], v[is_out] = self.outlier_k[h, j], self.outlier_v[h, j]
-        is_sink = pos < len(self.sink_k)
-        k[is_sink], v[is_sink] = self.sink_k.view()[h, pos[is_sink]], self.sink_v.view()[h, pos[is_sink]]
-        exact = is_out | is_sink
-        fetch = pos[~exact].cpu()
-        v[~exact] = self.offload_v.view()[h, fetch].to(self.device, non_blocking=True)
-        return k, v, fetch.numel() * self.d * self.dtype.itemsize
+    def _gather_rows(self, buf: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``buf [Hkv, L, D]`` rows at ``idx [Hkv, M]`` (clamped into range): ``[Hkv, M, D]``."""
+        if buf.shape[1] == 0:
+            return torch.zeros(idx.shape[0], idx.shape[1], self.d, dtype=self.dtype, device=self.device)
+        heads = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
+        return buf[heads, idx.clamp(0, buf.shape[1] - 1)]
+
+    def _compressed_kv(self, pos: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Post-RoPE keys, values ``[Hkv, M, D]`` and offload bytes read for compressed positions ``pos [Hkv, M]`` (< window start)."""
+        hkv, m, d = self.hkv, pos.shape[1], self.d
+        # pre-RoPE keys: low-rank rows, then the exact pending keys (tokens decoded after the fit)
+        if self.factors is not None:
+            a = self.factors.a[pos.clamp(max=self.n_fit - 1)]  # [Hkv, M, r]
+            k = torch.bmm(a, self.factors.b.reshape(-1, hkv, d).permute(1, 0, 2))  # [Hkv, M, D]
+        else:
+            k = torch.zeros(hkv, m, d, dtype=self.dtype, device=self.device)
+        if len(self.pending_pre):
+            is_pending = valid & (pos >= self.n_fit)
+            k[is_pending] = self._gather_rows(self.pending_pre.view(), pos - self.n_fit)[is_pending]
+        k = apply_rope(k, pos, inv_freq=self.inv_freq, attention_scaling=self.attention_scaling)
+        v = torch.zeros_like(k)
+        # exact rows of the pool: outlier chunks and sinks (few; overwritten in place)
+        exact = ~valid
+        out_pos = chunk_positions(self.outliers, self.chunk)  # [Hkv, O*chunk], sorted per head
+        if out_pos.shape[1]:
+            j = torch.searchsorted(out_pos, pos).clamp(max=out_pos.shape[1] - 1)
+            is_out = valid & (out_pos.gather(1, j) == pos)
+            heads = torch.arange(hkv, device=pos.device).unsqueeze(1).expand_as(pos)[is_out]
+            k[is_out], v[is_out] = self.outlier_k[heads, j[is_out]], self.outlier_v[heads, j[is_out]]
+            exact = exact | is_out
+        if len(self.sink_k):
+            is_sink = valid & (pos < len(self.sink_k))
+            heads = torch.arange(hkv, device=pos.device).unsqueeze(1).expand_as(pos)[is_sink]
+            k[is_sink], v[is_sink] = self.sink_k.view()[heads, pos[is_sink]], self.sink_v.view()[heads, pos[is_sink]]
+            exact = exact | is_sink
+        # everything else: values from the offload tier (only the rows needed cross the link)
+        fetch = ~exact
+        host = self.offload_v.view()
+        rows = (torch.arange(hkv, device=pos.device).unsqueeze(1) * host.shape[1] + pos)[fetch].cpu()
+        v[fetch] = host.reshape(-1, d).index_select(0, rows).to(self.device, non_blocking=True)
+        return k, v, rows.numel() * d * self.dtype.itemsize
 
     def attend(self, q: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, DecodeStats]:
         """Attention of the decode query ``q [Hq, D]`` (post-RoPE) over the stored sequence: ``[Hq, D]`` and stats."""
         scale = 1.0 / math.sqrt(self.d) if scale is None else scale
+        q = q.to(self.device)
         if not self.compressed:
             s = min(len(self.sink_k), self.window_start)  # sinks that are no longer in the window
             ks = torch.cat((self.sink_k.view()[:, :s], self.win_k.view()), dim=1)
             vs = torch.cat((self.sink_v.view()[:, :s], self.win_v.view()), dim=1)
-            out = sparse_decode_attention(q.to(self.device), ks, vs, None, scale)
+            out = sparse_decode_attention(q, ks, vs, None, scale)
             return out, DecodeStats(positions=[ks.shape[1]] * self.hkv, offload_bytes_read=0)
         p = self.params
         marks = self.landmarks.view()
         common = dict(chunk=p.chunk, budget=p.budget, n_sink=p.n_sink, n_local=p.n_local, outliers=self.outliers, scale=scale)
+        hits = misses = 0
         if isinstance(p, NosaKvParams):
             sel = nosa_select_positions(q, marks, self.seq_len, self.previous_chunks, max_change=p.max_change, **common)
             self.previous_chunks = sel.chunk_mask
@@ -214,20 +235,15 @@ class SequenceKvStore:
             hits, misses = step.hits, step.misses
         else:
             sel = select_positions(q, marks, self.seq_len, **common)
-            hits = misses = 0
-        keys, values, read = [], [], 0
-        for h, pos in enumerate(sel.positions_list()):
-            mid = pos[pos < self.window_start]
-            k_mid, v_mid, nbytes = self._middle_kv(h, mid)
-            read += nbytes
-            keys.append(torch.cat((k_mid, self.win_k.view()[h]), dim=0))
-            values.append(torch.cat((v_mid, self.win_v.view()[h]), dim=0))
-        m = max(k.shape[0] for k in keys)
-        valid = torch.arange(m, device=self.device).unsqueeze(0) < torch.tensor([k.shape[0] for k in keys], device=self.device).unsqueeze(1)
-        ks = torch.stack([torch.nn.functional.pad(k, (0, 0, 0, m - k.shape[0])) for k in keys])
-        vs = torch.stack([torch.nn.functional.pad(v, (0, 0, 0, m - v.shape[0])) for v in values])
-        out = sparse_decode_attention(q.to(self.device), ks, vs, valid, scale)
-        return out, DecodeStats([k.shape[0] for k in keys], read, hits, misses)
+        ws = self.window_start
+        pos, valid = padded_positions(sel.mask[:, :ws])
+        k_mid, v_mid, read = self._compressed_kv(pos, valid)
+        win = self.win_k.view().shape[1]  # the selection always holds the whole window [ws, N)
+        k = torch.cat((k_mid, self.win_k.view()), dim=1)
+        v = torch.cat((v_mid, self.win_v.view()), dim=1)
+        valid = torch.cat((valid, torch.ones(self.hkv, win, dtype=torch.bool, device=valid.device)), dim=1)
+        out = sparse_decode_attention(q, k, v, valid, scale)
+        return out, DecodeStats(valid.sum(1).tolist(), read, hits, misses)
 
     # ---- accounting ----------------------------------------------------------------------
     def pool_bytes(self) -> int:

@@ -17,9 +17,9 @@ def _direct(x: torch.Tensor, positions: list[int], theta: float) -> torch.Tensor
     xd = x.double()
     for j, p in enumerate(positions):
         for i in range(half):
-            # the float32-rounded frequency, as HF / vLLM store inv_freq in float32
-            freq = float(torch.tensor(theta ** (-2.0 * i / d), dtype=torch.float32))
-            angle = p * freq
+            # float32 frequency and float32 angle, as HF / vLLM compute them
+            freq = torch.tensor(theta ** (-2.0 * i / d), dtype=torch.float32)
+            angle = float(torch.tensor(float(p), dtype=torch.float32) * freq)
             c, s = math.cos(angle), math.sin(angle)
             a, b = xd[:, j, i], xd[:, j, i + half]
             out[:, j, i] = a * c - b * s
@@ -34,6 +34,9 @@ def test_rope_matches_direct_formula_at_arbitrary_positions() -> None:
     got = apply_rope(x, torch.tensor(positions), theta=10000.0)
     torch.testing.assert_close(got.double(), _direct(x, positions, 10000.0), atol=2e-5, rtol=1e-5)
     assert torch.equal(got[:, 0], x[:, 0])  # position 0 is the identity
+    per_head = torch.tensor([[5, 0, 9, 1, 2], [0, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
+    for h in range(3):
+        torch.testing.assert_close(apply_rope(x, per_head, theta=10.0)[h], apply_rope(x[h : h + 1], per_head[h], theta=10.0)[0])
 
 
 def test_rope_preserves_norm_and_relative_position() -> None:
