@@ -50,12 +50,15 @@ def dense_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
 def padded_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Selected positions of ``mask bool [Hkv, N]`` left-packed in ascending order: ``int64 [Hkv, M]`` and ``valid [Hkv, M]``.
 
-    ``M`` is the largest count; padding entries repeat a selected position (or 0) and are invalid.
+    ``M`` is the largest count; padding entries are 0 and invalid.
     """
     counts = mask.sum(dim=1)
     m = int(counts.max()) if counts.numel() else 0
-    # a stable sort puts the selected positions first, in ascending order
-    order = (~mask).to(torch.int8).argsort(dim=1, stable=True)[:, :m].contiguous()
+    heads, pos = mask.nonzero(as_tuple=True)  # row-major: by head, then ascending position
+    first = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(pos.numel(), device=mask.device) - first[heads]
+    order = torch.zeros(mask.shape[0], m, dtype=torch.int64, device=mask.device)
+    order[heads, slot] = pos
     valid = torch.arange(m, device=mask.device).unsqueeze(0) < counts.unsqueeze(1)
     return order, valid
 

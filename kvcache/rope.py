@@ -37,8 +37,8 @@ def rope_cos_sin(
     if positions.dtype.is_floating_point:
         raise ValueError(f"positions must be integers; got {positions.dtype}")
     angles = positions.to(inv_freq.device, torch.float32).unsqueeze(-1) * inv_freq.float()
-    emb = torch.cat((angles, angles), dim=-1)
-    return emb.cos() * attention_scaling, emb.sin() * attention_scaling
+    cos, sin = angles.cos() * attention_scaling, angles.sin() * attention_scaling
+    return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
