@@ -153,3 +153,46 @@ def test_policy_params_validation() -> None:
         parse_kv_params({"policy": "streaming", "rank": 8})
     with pytest.raises(ValidationError):
         parse_kv_params({"policy": "quest"})
+
+
+def test_low_rank_store_reads_exact_keys_for_sinks_outliers_window_and_pending() -> None:
+    from kvcache.landmarks import chunk_positions
+    from kvcache.lowrank import rebuild
+
+    n0, steps = 160, 40
+    k_pre, k_post, v = _sequence(n0 + steps, seed=5)
+    params = ShadowKvParams(rank=1, budget=4096, n_local=16, n_outlier_chunks=2)
+    store = SequenceKvStore(params, HKV, D, inv_freq=INV_FREQ)
+    store.prefill(k_pre[:, :n0], k_post[:, :n0], v[:, :n0])
+    for t in range(n0, n0 + steps):
+        store.append(k_pre[:, t : t + 1], k_post[:, t : t + 1], v[:, t : t + 1])
+    n = n0 + steps
+    # expected keys: rank-1 rebuild rotated, except the exact rows the store keeps
+    expected = apply_rope(rebuild(store.factors, torch.arange(n0)), torch.arange(n0), inv_freq=INV_FREQ)
+    expected = torch.cat((expected, k_post[:, n0:]), dim=1)  # pending (decoded after the fit) and window: exact
+    expected[:, :4] = k_post[:, :4]  # sinks
+    for h in range(HKV):
+        out_pos = chunk_positions(store.outliers[h], 8)
+        expected[h, out_pos] = k_post[h, out_pos]
+    assert store.outliers.shape == (HKV, 2) and store.window_start > n0
+    q = _query(n, seed=7)
+    got, stats = store.attend(q)
+    torch.testing.assert_close(got, dense_decode_attention(q, expected, v), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, dense_decode_attention(q, k_post, v), atol=1e-3)  # rank 1 is lossy elsewhere
+    # values of everything but sinks, outliers and window came from the offload tier
+    assert stats.offload_bytes_read == HKV * (store.window_start - 4 - 16) * D * 4
+
+
+def test_nosa_store_reports_resident_cache_hits() -> None:
+    params = NosaKvParams(rank=8, budget=96, n_local=16, n_outlier_chunks=2, max_change=1, resident_chunks=16)
+    seen = []
+
+    def check(out, k, v, stats, q):
+        assert all(p <= 96 for p in stats.positions)
+        seen.append((stats.cache_hits, stats.cache_misses))
+
+    store = _run(params, n0=300, steps=12, check=check)
+    chunks = (96 - 4 - 16 - 7 - 16) // 8  # chunks per KV head that always fit next to sinks, window and outliers
+    assert seen[0] == (0, sum(seen[0])) and sum(seen[0]) >= HKV * chunks  # cold cache
+    assert all(m <= HKV * 1 for _, m in seen[1:])  # at most max_change new chunks per head and step
+    assert store.cache.hit_rate > 0.7
