@@ -75,6 +75,25 @@ def layer_lowrank_error(k_pre_rope: torch.Tensor, rank: int) -> float:
     return relative_error(k_pre_rope, rank)
 
 
+@torch.no_grad()
+def smallest_rank(k_pre_rope: torch.Tensor, max_error: float = MAX_LOWRANK_ERROR, multiple: int = 8) -> int:
+    """Smallest rank (a multiple of ``multiple``, at most ``Hkv*D``) whose layer fit error is ``<= max_error``.
+
+    ``k_pre_rope [Hkv, N, D]``; the per-layer rank for :class:`kvcache.params.ShadowKvParams`.
+    """
+    if not 0 <= max_error < 1 or multiple <= 0:
+        raise ValueError(f"max_error must be in [0, 1) and multiple > 0; got {max_error}, {multiple}")
+    hkv, n, d = k_pre_rope.shape
+    s2 = torch.linalg.svdvals(k_pre_rope.permute(1, 0, 2).reshape(n, hkv * d).double()) ** 2
+    tail = (s2.flip(0).cumsum(0).flip(0) / s2.sum().clamp(min=1e-300)).sqrt()  # tail[r] = error at rank r
+    width = hkv * d
+    for rank in range(multiple, width + multiple, multiple):
+        r = min(rank, width)
+        if r >= tail.numel() or float(tail[r]) <= max_error:
+            return r
+    return width
+
+
 def _check_rows(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     if q.dim() != 3 or k.dim() != 3 or q.shape[1] != k.shape[1] or q.shape[2] != k.shape[2] or q.shape[0] % k.shape[0]:
         raise ValueError(f"q must be [Hq, N, D] and k [Hkv, N, D] with Hq a multiple of Hkv; got {tuple(q.shape)}, {tuple(k.shape)}")

@@ -13,6 +13,7 @@ from profiles.kv_stats import (
     layer_lowrank_error,
     lowrank_error,
     nosa_decode_recall,
+    smallest_rank,
     shadowkv_decode_recall,
     streaming_decode_recall,
 )
@@ -92,3 +93,13 @@ def test_choose_kv_policy_rules() -> None:
     assert choice.params == {"lowrank_error_r32": 0.1, "decode_recall": 0.96, "streaming_recall": 0.5}
     # the placeholder rule is unchanged (the shipped profile was built with it)
     assert kv_policy(a_shape, 0.1).policy == "streaming" and kv_policy(dense, 0.1).policy == "full"
+
+
+def test_smallest_rank_meets_the_error_bound() -> None:
+    g = torch.Generator().manual_seed(6)
+    flat = torch.randn(300, 20, generator=g) @ torch.randn(20, HKV * D, generator=g) + 0.01 * torch.randn(300, HKV * D, generator=g)
+    k = flat.reshape(300, HKV, D).permute(1, 0, 2)
+    r = smallest_rank(k, 0.05, multiple=4)
+    assert r == 20  # the planted rank: 16 leaves signal, 20 leaves only noise
+    assert layer_lowrank_error(k, r) <= 0.05 < layer_lowrank_error(k, r - 4)
+    assert smallest_rank(k, 0.0, multiple=5) == HKV * D
