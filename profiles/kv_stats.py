@@ -14,7 +14,10 @@ otherwise); :func:`choose_kv_policy` is the real rule, driven by measured criter
   recall is the exact softmax mass of the row that falls on the selected positions;
 * :func:`nosa_decode_recall`: the same for consecutive rows with the locality constraint carried
   from row to row (:mod:`kvcache.nosa`);
-* :func:`streaming_decode_recall`: the same for sinks + window only.
+* :func:`streaming_decode_recall`: the same for sinks + window only;
+* :func:`shadowkv_output_error`: end-to-end relative error of the decode output through the
+  store (prefill fit, decode appends), against dense attention;
+* :func:`smallest_rank`: the per-layer rank that meets a low-rank error bound.
 
 Thresholds (:data:`TARGET_DECODE_RECALL`, :data:`MAX_LOWRANK_ERROR`) are documented where defined.
 """
@@ -94,6 +97,15 @@ def smallest_rank(k_pre_rope: torch.Tensor, max_error: float = MAX_LOWRANK_ERROR
     return width
 
 
+MAX_DECODE_OUTPUT_ERROR = 0.05
+"""Default largest mean relative error of a head's decode output through the ShadowKV store.
+
+Measured on SmolLM2-135M at 8K (layers 4 / 12 / 20, budget 2048, 16 last rows): rank 32 gives
+0.10-0.44 / 0.003-0.10 / 0.01-0.15 per query head, full rank (selection only) 0.03-0.11 /
+0.0-0.09 / 0.004-0.08: low-rank error alone does not predict the output error, so both are used.
+"""
+
+
 def _check_rows(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     if q.dim() != 3 or k.dim() != 3 or q.shape[1] != k.shape[1] or q.shape[2] != k.shape[2] or q.shape[0] % k.shape[0]:
         raise ValueError(f"q must be [Hq, N, D] and k [Hkv, N, D] with Hq a multiple of Hkv; got {tuple(q.shape)}, {tuple(k.shape)}")
@@ -157,6 +169,49 @@ def streaming_decode_recall(
     return (total / rows.numel()).float()
 
 
+@torch.no_grad()
+def shadowkv_output_error(
+    q: torch.Tensor,
+    k_pre_rope: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rows: torch.Tensor,
+    params: ShadowKvParams | None = None,
+    *,
+    inv_freq: torch.Tensor | None = None,
+    theta: float = 10000.0,
+    attention_scaling: float = 1.0,
+) -> torch.Tensor:
+    """Mean relative error ``float32 [Hq]`` of the ShadowKV store's decode output against dense attention.
+
+    Replays the store as the engine runs it: prefill of the tokens before the first of ``rows``
+    (one low-rank fit), then each later token appended as a decode step and every row of
+    ``rows`` (ascending) attended as a decode query. Covers every approximation at once:
+    low-rank keys, landmark selection under the budget, pending exact keys.
+    ``inv_freq`` / ``theta`` / ``attention_scaling`` must be the model's RoPE (the keys' rotation).
+    """
+    from kvcache.decode_attention import dense_decode_attention
+    from kvcache.store import SequenceKvStore
+
+    p = params or ShadowKvParams()
+    rows = _check_rows(q, k, rows).sort().values
+    hkv, _, d = k.shape
+    store = SequenceKvStore(p, hkv, d, inv_freq=inv_freq, theta=theta, attention_scaling=attention_scaling,
+                            device=k.device, dtype=k.dtype)
+    t0 = int(rows[0])
+    store.prefill(k_pre_rope[:, :t0], k[:, :t0], v[:, :t0])
+    total = torch.zeros(q.shape[0], dtype=torch.float64)
+    n = t0
+    for t in rows.tolist():
+        store.append(k_pre_rope[:, n : t + 1], k[:, n : t + 1], v[:, n : t + 1])
+        n = t + 1
+        out, _ = store.attend(q[:, t])
+        ref = dense_decode_attention(q[:, t], k[:, :n], v[:, :n])
+        total += ((out - ref).norm(dim=-1) / ref.norm(dim=-1).clamp(min=1e-12)).double().cpu()
+    store.free()
+    return (total / rows.numel()).float()
+
+
 def choose_kv_policy(
     prefill: PatternParams,
     lowrank_err: float,
@@ -167,6 +222,8 @@ def choose_kv_policy(
     target_recall: float = TARGET_DECODE_RECALL,
     max_lowrank_error: float = MAX_LOWRANK_ERROR,
     rank: int = LOWRANK_RANK,
+    output_error: float | None = None,
+    max_output_error: float = MAX_DECODE_OUTPUT_ERROR,
 ) -> KvChoice:
     """KV policy of one head from measured criteria (first match wins).
 
@@ -179,14 +236,18 @@ def choose_kv_policy(
        (``decode_recall``).
     4. ``full`` otherwise (e.g. retrieval heads whose mass is spread over many chunks).
 
-    ``lowrank_err`` is measured at ``rank`` (recorded in the params with the recalls).
+    ``lowrank_err`` is measured at ``rank`` (recorded in the params with the recalls). When the
+    end-to-end ``output_error`` of the store (:func:`shadowkv_output_error`) was measured, keys
+    only count as compressible if it is also ``<= max_output_error``.
     """
     stats = {f"lowrank_error_r{rank}": round(float(lowrank_err), 6), "decode_recall": round(float(decode_recall), 6)}
     if streaming_recall is not None:
         stats["streaming_recall"] = round(float(streaming_recall), 6)
     if nosa_recall is not None:
         stats["nosa_recall"] = round(float(nosa_recall), 6)
-    compresses = lowrank_err <= max_lowrank_error
+    if output_error is not None:
+        stats["output_error"] = round(float(output_error), 6)
+    compresses = lowrank_err <= max_lowrank_error and (output_error is None or output_error <= max_output_error)
     if isinstance(prefill, AShapeParams) and streaming_recall is not None and streaming_recall >= target_recall:
         policy = "streaming"
     elif compresses and nosa_recall is not None and nosa_recall >= target_recall:

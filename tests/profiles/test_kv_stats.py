@@ -13,6 +13,7 @@ from profiles.kv_stats import (
     layer_lowrank_error,
     lowrank_error,
     nosa_decode_recall,
+    shadowkv_output_error,
     smallest_rank,
     shadowkv_decode_recall,
     streaming_decode_recall,
@@ -103,3 +104,23 @@ def test_smallest_rank_meets_the_error_bound() -> None:
     assert r == 20  # the planted rank: 16 leaves signal, 20 leaves only noise
     assert layer_lowrank_error(k, r) <= 0.05 < layer_lowrank_error(k, r - 4)
     assert smallest_rank(k, 0.0, multiple=5) == HKV * D
+
+
+def test_store_output_error_is_zero_when_exact_and_falls_with_rank() -> None:
+    from kvcache.rope import apply_rope
+
+    g = torch.Generator().manual_seed(7)
+    n = 256
+    flat = torch.randn(n, 6, generator=g) @ torch.randn(6, HKV * D, generator=g) + 0.3 * torch.randn(n, HKV * D, generator=g)
+    k_pre = flat.reshape(n, HKV, D).permute(1, 0, 2).contiguous()
+    k = apply_rope(k_pre, torch.arange(n), theta=10000.0)
+    v = torch.randn(HKV, n, D, generator=g)
+    q = apply_rope(torch.randn(HQ, n, D, generator=g), torch.arange(n), theta=10000.0)
+    rows = torch.arange(n - 12, n)
+    exact = ShadowKvParams(rank=HKV * D, budget=n + 64, n_local=16, n_outlier_chunks=0)
+    assert float(shadowkv_output_error(q, k_pre, k, v, rows, exact).max()) < 1e-5
+    errs = [float(shadowkv_output_error(q, k_pre, k, v, rows, exact.model_copy(update={"rank": r})).mean()) for r in (1, 6, 16)]
+    assert errs[0] > errs[1] > errs[2] and errs[0] > 0.05
+    choice = choose_kv_policy(DenseParams(), 0.05, 0.99, output_error=0.2, max_output_error=0.1)
+    assert choice.policy == "full" and choice.params["output_error"] == 0.2
+    assert choose_kv_policy(DenseParams(), 0.05, 0.99, output_error=0.02).policy == "shadowkv"
