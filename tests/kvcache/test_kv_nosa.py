@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvcache.landmarks import chunk_landmarks
 from kvcache.nosa import ResidentCache, chunk_keys, constrained_chunks, nosa_select_positions
 from kvcache.selection import select_positions
 from kvcache.streaming import streaming_mask, streaming_positions
