@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from attention_backends import AShapeParams, PatternParams
-from kvcache.decode_attention import decode_recall
+from kvcache.decode_attention import decode_recall as mass_on_selection
 from kvcache.landmarks import chunk_landmarks, outlier_chunks
 from kvcache.lowrank import relative_error
 from kvcache.nosa import nosa_select_positions
@@ -130,7 +130,7 @@ def shadowkv_decode_recall(
         outliers = outlier_chunks(k[:, :start], p.n_outlier_chunks, p.chunk)
         sel = select_positions(q[:, t], marks[:, : n // p.chunk], n, chunk=p.chunk, budget=p.budget,
                                n_sink=p.n_sink, n_local=p.n_local, outliers=outliers, scale=scale)
-        total += decode_recall(q[:, t], k[:, :n], sel.mask, scale).double().cpu()
+        total += mass_on_selection(q[:, t], k[:, :n], sel.mask, scale).double().cpu()
     return (total / rows.numel()).float()
 
 
@@ -151,7 +151,7 @@ def nosa_decode_recall(
         sel = nosa_select_positions(q[:, t], marks[:, : n // p.chunk], n, previous, chunk=p.chunk, budget=p.budget,
                                     n_sink=p.n_sink, n_local=p.n_local, outliers=outliers, max_change=p.max_change, scale=scale)
         previous = sel.chunk_mask
-        total += decode_recall(q[:, t], k[:, :n], sel.mask, scale).double().cpu()
+        total += mass_on_selection(q[:, t], k[:, :n], sel.mask, scale).double().cpu()
     return (total / rows.numel()).float()
 
 
@@ -165,7 +165,7 @@ def streaming_decode_recall(
     total = torch.zeros(q.shape[0], dtype=torch.float64)
     for t in rows.tolist():
         mask = streaming_mask(k.shape[0], t + 1, p.n_sink, p.n_local, device=k.device)
-        total += decode_recall(q[:, t], k[:, : t + 1], mask, scale).double().cpu()
+        total += mass_on_selection(q[:, t], k[:, : t + 1], mask, scale).double().cpu()
     return (total / rows.numel()).float()
 
 
