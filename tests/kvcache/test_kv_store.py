@@ -196,3 +196,15 @@ def test_nosa_store_reports_resident_cache_hits() -> None:
     assert seen[0] == (0, sum(seen[0])) and sum(seen[0]) >= HKV * chunks  # cold cache
     assert all(m <= HKV * 1 for _, m in seen[1:])  # at most max_change new chunks per head and step
     assert store.cache.hit_rate > 0.7
+
+
+@pytest.mark.parametrize("n0", [0, 5, 24])
+def test_short_prompts_then_long_decode_stay_exact(n0: int) -> None:
+    params = ShadowKvParams(rank=HKV * D, budget=4096, n_local=16, n_outlier_chunks=1)
+
+    def check(out, k, v, stats, q):
+        torch.testing.assert_close(out, dense_decode_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+    store = _run(params, n0=n0, steps=60, check=check)
+    assert store.n_fit == n0 and len(store.pending_pre) == store.window_start - n0 > 0
+    assert len(store.sink_k) == 4 and len(store.landmarks) == store.window_start // 8
