@@ -90,7 +90,7 @@ def test_below_threshold_outputs_equal_no_sparse(live_server, dense_server) -> N
 
 def test_full_budget_chunked_sparse_equals_dense_one_shot(full_budget_server, dense_server) -> None:
     before = _metrics(full_budget_server)
-    for lines in (70, 120):  # ~1.3K and ~2.2K tokens: 3 and 5 chunks of 512
+    for lines in (70, 100):  # ~1.3K and ~1.9K tokens: 3 and 4 chunks of 512
         prompt = _document(lines, f"{lines}-")
         ours, n = _complete(full_budget_server, prompt, max_tokens=24)
         assert n > 2 * FULL_CHUNK
@@ -118,24 +118,24 @@ def test_prefix_cache_hit_still_matches_dense(full_budget_server, dense_server) 
 
 
 def test_concurrent_long_and_short_requests_match_single(full_budget_server) -> None:
-    prompts = [_document(90 + 10 * i, f"c{i}-") for i in range(4)] + [f"Count from {i} to {i + 5}:" for i in range(4)]
+    prompts = [_document(60 + 5 * i, f"c{i}-") for i in range(4)] + [f"Count from {i} to {i + 5}:" for i in range(4)]
     single = [_complete(full_budget_server, p)[0] for p in prompts]
     with cf.ThreadPoolExecutor(len(prompts)) as pool:
         together = list(pool.map(lambda p: _complete(full_budget_server, p)[0], prompts))
     assert together == single
 
 
-def test_needle_found_with_shipped_profile_whenever_dense_finds_it(live_server, dense_server) -> None:
+def test_needle_found_with_shipped_profile_as_with_dense(live_server, dense_server) -> None:
     tokenizer = load_tokenizer(str(live_server.model_dir), None)
-    samples = generate_samples(tokenizer, ["niah_single"], [7168], 2, seed=3, endpoint="completions",
-                               depths=[0.3, 0.7], progress=False)
+    samples = generate_samples(tokenizer, ["niah_single"], [7168], 1, seed=3, endpoint="completions",
+                               depths=[0.6], progress=False)
     before = _metrics(live_server)
     for sample in samples:
         dense, n = _complete(dense_server, sample.prompt, sample.max_tokens)
         ours, _ = _complete(live_server, sample.prompt, sample.max_tokens)
         assert n > 6000
-        if score(dense, sample.answers, sample.metric) == 1.0:
-            assert score(ours, sample.answers, sample.metric) == 1.0, (sample.answers, ours, dense)
+        assert score(dense, sample.answers, sample.metric) == 1.0, ("dense misses this needle", dense)
+        assert score(ours, sample.answers, sample.metric) == 1.0, (sample.answers, ours, dense)
     after = _metrics(live_server)
     assert _counter(after, "sparse_prefill_tokens_total") - _counter(before, "sparse_prefill_tokens_total") > 4000
     densities = [v for k, v in after.items() if "sparse_layer_density" in k]
@@ -146,7 +146,7 @@ def test_server_refuses_to_start_when_vllm_does_not_load_the_plugin(model_dir: P
     env = dict(os.environ, VLLM_PLUGINS="lora_filesystem_resolver")
     proc = subprocess.run(
         [sys.executable, "-m", "server.cli", "serve", "--model", str(model_dir), "--port", "0",
-         "--dtype", "float32", "--max-model-len", "2048", "--gpu-memory-utilization", "0.05"],
+         "--dtype", "float32", "--max-model-len", "2048", "--gpu-memory-utilization", "0.12"],
         env=env, capture_output=True, text=True, timeout=420)
     assert proc.returncode != 0
     assert "vLLM did not select the sparse-serve attention backend" in proc.stderr
