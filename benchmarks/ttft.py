@@ -46,7 +46,8 @@ def prompt_of(tokenizer, length: int, seed: int) -> tuple[list[int], str]:
 
 
 def measure(server, prompts: dict[int, list[int]], answer_tokens: int) -> dict[int, tuple[float, str]]:
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key, max_retries=0, timeout=3600)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key or "none", max_retries=0,
+                           timeout=3600)
     results = {}
     for length, ids in prompts.items():
         t0 = time.perf_counter()
