@@ -26,6 +26,8 @@ class PluginConfig(BaseModel):
     threshold: int = Field(ge=1, description="Prefill segments whose context (cached + new tokens) "
                            "is shorter run dense through the wrapped backend.")
     min_segment: int = Field(64, ge=1, description="Segments with fewer new tokens run dense.")
+    dense_tail: int = Field(64, ge=0, description="Last query rows of every sparse segment computed "
+                            "dense (the question at the end of a prompt reads the whole context).")
     executor: Literal["gather", "flex", "triton", "reference"] | None = Field(
         None, description="Sparse executor. Default: gather on CPU, triton on CUDA.")
     stats_path: Path | None = Field(None, description="Shared counters file the server reads.")

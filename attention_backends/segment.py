@@ -80,12 +80,17 @@ def segment_attention(
     *,
     scale: float,
     backend: Backend = "auto",
+    dense_tail: int = 0,
 ) -> tuple[torch.Tensor, SegmentStats]:
     """Per-head-group sparse attention of one prefill segment.
 
     ``q [Hq, Nq, D]`` are the queries at positions ``[N - Nq, N)``; ``k, v [Hkv, N, D]`` every
-    key/value of the sequence so far; ``groups`` must cover each query head once. Returns
-    ``out [Hq, Nq, D]`` (``q.dtype``) and the kept / causal pair counts of the segment.
+    key/value of the sequence so far; ``groups`` must cover each query head once. The last
+    ``dense_tail`` query rows run exact attention over every key (a prompt's final question
+    must read the whole context: SnapKV's observation window, FlexPrefill's exact last block).
+    Returns ``out [Hq, Nq, D]`` (``q.dtype``) and the kept / causal pair counts of the segment
+    (kept counts the tail rows' sparse pairs too, so it is an upper bound by at most
+    ``dense_tail`` rows' budgets).
     """
     hq, nq, d = q.shape
     hkv, n, _ = k.shape
@@ -114,4 +119,8 @@ def segment_attention(
         first_block = start // index.block_size
         stats.kept_pairs += int(index.pair_counts(first_block).sum().item())
         stats.causal_pairs += causal_pairs(n, first_block * index.block_size) * len(group.heads)
+    tail = min(dense_tail, nq)
+    if tail > 0:
+        out[:, nq - tail :] = dense_tail_attention(q[:, nq - tail :], k, v, scale=scale)
+        stats.kept_pairs = min(stats.kept_pairs + causal_pairs(n, n - tail) * hq, stats.causal_pairs)
     return out, stats

@@ -227,7 +227,8 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
             q = query[seg.q_start:seg.q_end].transpose(0, 1)
             try:
                 out, pairs = segment_attention(q, k_all, v_all, list(groups), scale=self.scale,
-                                               backend=executor)
+                                               backend=executor,
+                                               dense_tail=self._runtime.config.dense_tail)
             except Exception:  # noqa: BLE001 - any failure of the sparse path runs dense, counted
                 logger.exception("sparse prefill failed on layer %d (%d tokens); running dense",
                                  layer_idx, seg.seq_len)

@@ -90,3 +90,16 @@ def test_groups_must_cover_every_head_once() -> None:
     q, k, v = _qkv(64, 64)
     with pytest.raises(ValueError, match="cover query heads"):
         segment_attention(q, k, v, [HeadGroup(PATTERNS[0], (0, 1, 2))], scale=SCALE)
+
+
+def test_dense_tail_rows_are_exact_and_the_rest_stays_sparse() -> None:
+    n, nq, tail = 512, 200, 64
+    q, k, v = _qkv(n, nq, seed=4)
+    groups = [HeadGroup(PATTERNS[0], tuple(range(6)))]
+    sparse_only, plain = segment_attention(q, k, v, groups, scale=SCALE)
+    out, stats = segment_attention(q, k, v, groups, scale=SCALE, dense_tail=tail)
+    exact = _exact(q, k, v)
+    torch.testing.assert_close(out[:, -tail:], exact[:, -tail:], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out[:, :-tail], sparse_only[:, :-tail])
+    assert not torch.allclose(sparse_only[:, -tail:], exact[:, -tail:], atol=1e-3)
+    assert plain.density < stats.density <= 1.0

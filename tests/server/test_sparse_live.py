@@ -127,15 +127,19 @@ def test_concurrent_long_and_short_requests_match_single(full_budget_server) -> 
 
 def test_needle_found_with_shipped_profile_as_with_dense(live_server, dense_server) -> None:
     tokenizer = load_tokenizer(str(live_server.model_dir), None)
-    samples = generate_samples(tokenizer, ["niah_single"], [7168], 1, seed=3, endpoint="completions",
-                               depths=[0.6], progress=False)
+    sample = generate_samples(tokenizer, ["niah_single"], [7168], 1, seed=3, endpoint="chat",
+                              depths=[0.6], progress=False)[0]
     before = _metrics(live_server)
-    for sample in samples:
-        dense, n = _complete(dense_server, sample.prompt, sample.max_tokens)
-        ours, _ = _complete(live_server, sample.prompt, sample.max_tokens)
-        assert n > 6000
-        assert score(dense, sample.answers, sample.metric) == 1.0, ("dense misses this needle", dense)
-        assert score(ours, sample.answers, sample.metric) == 1.0, (sample.answers, ours, dense)
+    replies = []
+    for server in (dense_server, live_server):
+        out = _client(server).chat.completions.create(
+            model=server.model, messages=[{"role": "user", "content": sample.prompt}],
+            max_tokens=sample.max_tokens, temperature=0)
+        assert out.usage.prompt_tokens > 6000
+        replies.append(out.choices[0].message.content)
+    dense, ours = replies
+    assert score(dense, sample.answers, sample.metric) == 1.0, ("dense misses this needle", dense)
+    assert score(ours, sample.answers, sample.metric) == 1.0, (sample.answers, ours, dense)
     after = _metrics(live_server)
     assert _counter(after, "sparse_prefill_tokens_total") - _counter(before, "sparse_prefill_tokens_total") > 4000
     densities = [v for k, v in after.items() if "sparse_layer_density" in k]
