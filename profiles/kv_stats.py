@@ -121,15 +121,28 @@ def shadowkv_decode_recall(
 ) -> torch.Tensor:
     """Mean decode recall ``float32 [Hq]`` of the budgeted ShadowKV selection for query ``rows`` of post-RoPE ``q [Hq, N, D]``, ``k [Hkv, N, D]``."""
     p = params or ShadowKvParams()
-    rows = _check_rows(q, k, rows)
+
+    def pick(t: int, n: int, marks: torch.Tensor, outliers: torch.Tensor, previous: torch.Tensor | None):
+        return select_positions(q[:, t], marks[:, : n // p.chunk], n, chunk=p.chunk, budget=p.budget,
+                                n_sink=p.n_sink, n_local=p.n_local, outliers=outliers, scale=scale)
+
+    return _selection_recall(q, k, _check_rows(q, k, rows), p, scale, pick)
+
+
+def _selection_recall(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, p: ShadowKvParams, scale: float | None,
+                      pick) -> torch.Tensor:
+    """Mean over ``rows`` (in the given order) of the softmax mass on ``pick``'s selection, per query head.
+
+    ``pick(t, n, landmarks, outliers, previous_chunk_mask)`` returns a selection for row ``t``.
+    """
     marks = chunk_landmarks(k, p.chunk)
     total = torch.zeros(q.shape[0], dtype=torch.float64)
+    previous = None
     for t in rows.tolist():
         n = t + 1
-        start = local_start(n, p.n_local, p.chunk)
-        outliers = outlier_chunks(k[:, :start], p.n_outlier_chunks, p.chunk)
-        sel = select_positions(q[:, t], marks[:, : n // p.chunk], n, chunk=p.chunk, budget=p.budget,
-                               n_sink=p.n_sink, n_local=p.n_local, outliers=outliers, scale=scale)
+        outliers = outlier_chunks(k[:, : local_start(n, p.n_local, p.chunk)], p.n_outlier_chunks, p.chunk)
+        sel = pick(t, n, marks, outliers, previous)
+        previous = sel.chunk_mask
         total += mass_on_selection(q[:, t], k[:, :n], sel.mask, scale).double().cpu()
     return (total / rows.numel()).float()
 
@@ -140,19 +153,13 @@ def nosa_decode_recall(
 ) -> torch.Tensor:
     """Like :func:`shadowkv_decode_recall` with the locality constraint carried over ``rows`` in increasing order (use consecutive rows)."""
     p = params or NosaKvParams()
-    rows = _check_rows(q, k, rows).sort().values
-    marks = chunk_landmarks(k, p.chunk)
-    total = torch.zeros(q.shape[0], dtype=torch.float64)
-    previous = None
-    for t in rows.tolist():
-        n = t + 1
-        start = local_start(n, p.n_local, p.chunk)
-        outliers = outlier_chunks(k[:, :start], p.n_outlier_chunks, p.chunk)
-        sel = nosa_select_positions(q[:, t], marks[:, : n // p.chunk], n, previous, chunk=p.chunk, budget=p.budget,
-                                    n_sink=p.n_sink, n_local=p.n_local, outliers=outliers, max_change=p.max_change, scale=scale)
-        previous = sel.chunk_mask
-        total += mass_on_selection(q[:, t], k[:, :n], sel.mask, scale).double().cpu()
-    return (total / rows.numel()).float()
+
+    def pick(t: int, n: int, marks: torch.Tensor, outliers: torch.Tensor, previous: torch.Tensor | None):
+        return nosa_select_positions(q[:, t], marks[:, : n // p.chunk], n, previous, chunk=p.chunk, budget=p.budget,
+                                     n_sink=p.n_sink, n_local=p.n_local, outliers=outliers, max_change=p.max_change,
+                                     scale=scale)
+
+    return _selection_recall(q, k, _check_rows(q, k, rows).sort().values, p, scale, pick)
 
 
 @torch.no_grad()
