@@ -195,17 +195,19 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
         self._runtime = runtime()
         if self.attn_type == AttentionType.DECODER and self._runtime.stats is not None:
             self._runtime.stats.mark_active()
-        self._layer: int | None = None
+        self._layer: tuple[int, tuple] | None = None
 
     def _groups(self, layer: torch.nn.Module) -> tuple[int, tuple]:
+        """This layer's index and head groups (resolved and checked on first use)."""
         if self._layer is None:
-            self._layer = extract_layer_index(layer.layer_name)
-            groups = self._runtime.plan.groups(self._layer)
+            index = extract_layer_index(layer.layer_name)
+            groups = self._runtime.plan.groups(index)
             heads = sorted(h for g in groups for h in g.heads)
             if heads != list(range(self.num_heads)):
-                raise RuntimeError(f"layer {self._layer}: profile gives {len(heads)} query heads on this "
+                raise RuntimeError(f"layer {index}: profile gives {len(heads)} query heads on this "
                                    f"rank, the layer has {self.num_heads}")
-        return self._layer, self._runtime.plan.groups(self._layer)
+            self._layer = (index, groups)
+        return self._layer
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,  # type: ignore[override]
                 output_scale=None, output_block_scale=None):
