@@ -20,6 +20,7 @@ from vllm.inputs import TokensPrompt
 from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from server.cpu_host import apply_cpu_binding, cpu_flags, resolve_dtype
 from server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def engine_args(settings: ServerSettings, model_dir: Path) -> AsyncEngineArgs:
     return AsyncEngineArgs(
         model=str(model_dir),
         served_model_name=[served_name(settings, model_dir)],
-        dtype=settings.dtype,
+        dtype=resolve_dtype(settings.dtype, on_cuda(), cpu_flags()),
         max_model_len=settings.max_model_len,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         enforce_eager=eager,
@@ -73,10 +74,12 @@ class Engine:
     def start(cls, settings: ServerSettings, model_dir: Path,
               stat_loggers: list[Callable[..., Any]] | None = None) -> "Engine":
         t0 = time.perf_counter()
+        if not on_cuda():
+            apply_cpu_binding(settings.cpu_bind, settings.tensor_parallel_size * settings.pipeline_parallel_size)
         llm = AsyncLLM.from_engine_args(engine_args(settings, model_dir), stat_loggers=stat_loggers)
         max_len = llm.vllm_config.model_config.max_model_len
         logger.info("engine ready in %.1f s: %s (max_model_len %d, dtype %s)",
-                    time.perf_counter() - t0, model_dir, max_len, settings.dtype)
+                    time.perf_counter() - t0, model_dir, max_len, llm.vllm_config.model_config.dtype)
         return cls(llm=llm, model_id=served_name(settings, model_dir), model_dir=model_dir,
                    max_model_len=max_len, started_at=int(time.time()))
 

@@ -28,7 +28,8 @@ def test_flags_override_env_override_defaults(monkeypatch):
 
 def test_defaults():
     s = ServerSettings()
-    assert (s.host, s.port, s.dtype, s.api_key) == ("127.0.0.1", 8000, "bfloat16", None)
+    assert (s.host, s.port, s.dtype, s.api_key) == ("127.0.0.1", 8000, "auto", None)
+    assert s.cpu_bind == "auto"
 
 
 @pytest.mark.parametrize("field,value", [("port", 70000), ("gpu_memory_utilization", 0),
@@ -42,6 +43,12 @@ def test_cli_reports_invalid_settings(capsys, monkeypatch):
     monkeypatch.setenv("SPARSE_SERVE_GPU_MEMORY_UTILIZATION", "2")
     assert main(["serve"]) == 2
     assert "gpu-memory-utilization" in capsys.readouterr().err
+
+
+def test_cli_reports_cpu_bind_per_rank(capsys):
+    assert main(["serve", "--tensor-parallel-size", "3", "--cpu-bind", "0|1"]) == 2
+    err = capsys.readouterr().err
+    assert "cpu-bind" in err and "2 CPU list(s) for 3 engine rank(s)" in err
 
 
 def test_help_documents_every_setting():
