@@ -22,6 +22,8 @@ from accuracy.scoring import score
 from accuracy.tasks.registry import generate_samples
 from loadtests.server_metrics import parse_metrics
 from loadtests.tokenizer import load_tokenizer
+from attention_backends.head_plan import rank_query_heads
+from attention_backends.patterns import AShapeParams
 from profiles.schema import load_profile, save_profile
 from profiles.variants import full_budget
 from server.sparse_setup import SHIPPED_PROFILE
@@ -29,6 +31,7 @@ from server.sparse_setup import SHIPPED_PROFILE
 pytestmark = pytest.mark.slow
 
 FULL_THRESHOLD, FULL_CHUNK = 256, 512
+TP = 3  # 9 query / 3 KV heads: the only split of the default model; ranks share the 2 cores
 
 
 def _client(server) -> openai.OpenAI:
@@ -68,6 +71,20 @@ def full_budget_server(launch_server, tmp_path_factory):
     with launch_server("--profile", str(path), "--sparse-threshold", str(FULL_THRESHOLD),
                        "--max-num-batched-tokens", str(FULL_CHUNK)) as (_, server):
         yield server
+
+
+@pytest.fixture(scope="module")
+def marked_profile(tmp_path_factory) -> Path:
+    """Full budget everywhere except the query heads of TP rank 1 of 3: A-shape, 64 sink + 64 local tokens."""
+    profile = full_budget(load_profile(SHIPPED_PROFILE))
+    marked = rank_query_heads(profile.model.num_q_heads, TP, 1)
+    narrow = AShapeParams(n_init=64, n_local=64)
+    layers = [layer.model_copy(update={"heads": [h.model_copy(update={"prefill": narrow}) if h.head in marked else h
+                                                 for h in layer.heads]})
+              for layer in profile.layers]
+    path = tmp_path_factory.mktemp("profile") / "rank1-marked.json"
+    save_profile(profile.model_copy(update={"layers": layers}), path)
+    return path
 
 
 def test_startup_logs_backend_profile_and_head_counts(live_server) -> None:
@@ -155,3 +172,25 @@ def test_server_refuses_to_start_when_vllm_does_not_load_the_plugin(model_dir: P
     assert proc.returncode != 0
     assert "vLLM did not select the sparse-serve attention backend" in proc.stderr
     assert "--no-sparse" in proc.stderr
+
+
+def test_tensor_parallel_ranks_apply_their_own_heads(launch_server, marked_profile, dense_server) -> None:
+    """TP=3 serves exactly the single-process output of a profile whose heads differ per rank.
+
+    Only rank 1's heads are narrowed, which changes the answer against dense: a rank applying
+    another rank's slice (or the whole layer's first heads) would serve different text.
+    """
+    prompts = [_document(n, f"tp{n}-") + " Which gate stores the most crates?" for n in (70, 100)]
+    flags = ("--profile", str(marked_profile), "--sparse-threshold", str(FULL_THRESHOLD),
+             "--max-num-batched-tokens", str(FULL_CHUNK), "--max-model-len", "4096",
+             "--gpu-memory-utilization", "0.06")
+    outputs = {}
+    for tp in (1, TP):
+        with launch_server(*flags, "--tensor-parallel-size", str(tp)) as (_, server):
+            outputs[tp] = [_complete(server, p, max_tokens=24)[0] for p in prompts]
+            after = _metrics(server)
+        assert _counter(after, "sparse_prefill_tokens_total") > 2 * FULL_CHUNK
+        assert _counter(after, "sparse_fallbacks_total", reason="error") == 0
+    dense = [_complete(dense_server, p, max_tokens=24)[0] for p in prompts]
+    assert outputs[1] != dense, "the narrowed heads should change the greedy output"
+    assert outputs[TP] == outputs[1]
