@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from accuracy.evaluate import eval_report, run_samples
 from accuracy.native_length import native_length
-from accuracy.results import EvalCompareReport, cell_deltas, format_delta_table, format_table
+from accuracy.results import EvalReport, compare_reports, format_delta_table, format_table
 from accuracy.tasks.registry import DEFAULT_DEPTHS, generate_samples, parse_numbers, parse_tasks
 from loadtests.cli_options import (
     add_output_arguments, add_target_arguments, quiet_http_logs, resolve_models, targets_from_args,
@@ -42,12 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("--max-concurrency", type=int, default=1)
     run.add_argument("--temperature", type=float, default=0.0)
+    run.add_argument("--from-json", nargs=2, type=Path, metavar=("A.json", "B.json"), default=None,
+                     help="send nothing: compare two saved single-server reports of the same suite "
+                     "(e.g. two servers evaluated in parallel) and write the B - A report")
     add_output_arguments(parser, "include every prediction in the JSON", "heat-map PNG + index.html (default out/eval-TIME)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute the suite; 0 on success, 1 if nothing completed, 2 bad input, 130 interrupted."""
     quiet_http_logs()
+    if args.from_json is not None:
+        return _compare_saved(args)
     try:
         targets = targets_from_args(args)
         tasks = parse_tasks(args.tasks)
@@ -66,11 +71,28 @@ def run(args: argparse.Namespace) -> int:
     state = run_samples(targets, samples, options, args.max_concurrency, tokenizer, RunState([t.label for t in targets]), not args.no_progress)
     settings = {"endpoint": args.endpoint, "tasks": tasks, "lengths": lengths, "samples_per_cell": args.samples, "seed": args.seed}
     reports = {t.label: eval_report(t, samples, state, settings, native, args.save_detailed) for t in targets}
+    _write_outputs(args, reports)
+    if state.interrupted:
+        return 130
+    return 0 if any(c.completed for r in reports.values() for c in r.cells) else 1
+
+
+def _compare_saved(args: argparse.Namespace) -> int:
+    try:
+        reports = [EvalReport.model_validate_json(path.read_text()) for path in args.from_json]
+        compare_reports(*reports)
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _write_outputs(args, {r.label: r for r in reports})
+    return 0
+
+
+def _write_outputs(args: argparse.Namespace, reports: dict[str, EvalReport]) -> None:
+    """Print the tables (and B - A), write the JSON, the heat-map and the HTML page."""
     texts = [format_table(r) for r in reports.values()]
-    compare = None
-    if len(targets) == 2:
-        a, b = reports.values()
-        compare = EvalCompareReport(date=a.date, labels=[a.label, b.label], targets=reports, deltas=cell_deltas(a, b))
+    compare = compare_reports(*reports.values()) if len(reports) == 2 else None
+    if compare is not None:
         texts.append(format_delta_table(compare))
     print("\n\n".join(texts))
     if args.json is not None:
@@ -85,6 +107,3 @@ def run(args: argparse.Namespace) -> int:
         blocks += [heading("Needle depth x length"), image(heatmap)]
     page = write_page(folder / "index.html", "sparse-serve accuracy eval", blocks)
     print(f"wrote {page}")
-    if state.interrupted:
-        return 130
-    return 0 if any(c.completed for r in reports.values() for c in r.cells) else 1

@@ -156,6 +156,22 @@ def cell_deltas(a: EvalReport, b: EvalReport, goal_points: float = GOAL_POINTS) 
     return deltas
 
 
+SUITE_FIELDS = ("endpoint", "tasks", "lengths", "samples_per_cell", "seed")
+"""What two reports must share to be compared cell by cell (same generated samples)."""
+
+
+def compare_reports(a: EvalReport, b: EvalReport) -> EvalCompareReport:
+    """B against A; ValueError when they did not run the same suite or share a label."""
+    for field in SUITE_FIELDS:
+        if getattr(a, field) != getattr(b, field):
+            raise ValueError(f"the reports ran different suites: {field} is {getattr(a, field)!r} "
+                             f"in {a.label!r} but {getattr(b, field)!r} in {b.label!r}")
+    if a.label == b.label:
+        raise ValueError(f"both reports are labelled {a.label!r}; label the servers (LABEL=URL)")
+    return EvalCompareReport(date=a.date, labels=[a.label, b.label], targets={a.label: a, b.label: b},
+                             deltas=cell_deltas(a, b))
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 

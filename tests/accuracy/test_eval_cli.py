@@ -22,6 +22,28 @@ def test_bad_input_is_a_clear_error(argv: list[str], message: str, capsys) -> No
     assert message in capsys.readouterr().err
 
 
+def test_from_json_compares_saved_reports(tmp_path: Path, capsys) -> None:
+    from tests.accuracy.test_results import RESULTS, report, result
+
+    dense, sparse = report("dense", RESULTS), report("sparse", [*RESULTS[:4], result(4, "sugar")])
+    paths = [tmp_path / "dense.json", tmp_path / "sparse.json"]
+    for r, path in zip((dense, sparse), paths):
+        path.write_text(r.model_dump_json())
+    out_json = tmp_path / "ab.json"
+    argv = ["--from-json", *map(str, paths), "--json", str(out_json), "--report-dir", str(tmp_path / "page")]
+    assert main(argv) == 0
+    assert "| fact_qa | - | 100.0 -> 0.0 (-100.0) ! |" in capsys.readouterr().out
+    ab = json.loads(out_json.read_text())
+    assert ab["labels"] == ["dense", "sparse"] and any(d["misses_goal"] for d in ab["deltas"])
+    assert (tmp_path / "page" / "index.html").is_file()
+    paths[1].write_text(sparse.model_copy(update={"lengths": [2048]}).model_dump_json())
+    assert main(["--from-json", *map(str, paths)]) == 2
+    assert "lengths is [2048, 4096] in 'dense' but [2048] in 'sparse'" in capsys.readouterr().err
+    paths[1].write_text("{")
+    assert main(["--from-json", *map(str, paths)]) == 2
+    assert "Invalid JSON" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_live_run_writes_table_json_and_heatmap(live_server, tmp_path: Path, capsys) -> None:
     argv = ["--base-url", live_server.url, "--tokenizer", str(live_server.model_dir),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from accuracy.results import EvalReport, aggregate, cell_deltas, format_delta_table, format_table, score_outcomes
-from accuracy.results import EvalCompareReport
+from accuracy.results import EvalCompareReport, compare_reports
 from accuracy.sample import Sample
 from loadtests.client import RequestResult
 
@@ -84,3 +84,12 @@ def test_table_layout() -> None:
     text = format_table(report("dense", RESULTS))
     assert "| niah_single | 50.0 (200) | n/a (n/a) [1 failed] |" in text
     assert "| fact_qa | - | 100.0 (200) |" in text
+
+
+def test_compare_reports_needs_the_same_suite() -> None:
+    dense, sparse = report("dense", RESULTS), report("sparse", RESULTS)
+    assert [d.delta for d in compare_reports(dense, sparse).deltas if d.delta is not None] == [0.0] * 3
+    with pytest.raises(ValueError, match="seed is 0 in 'dense' but 1 in 'sparse'"):
+        compare_reports(dense, sparse.model_copy(update={"seed": 1}))
+    with pytest.raises(ValueError, match="both reports are labelled 'dense'"):
+        compare_reports(dense, dense)
