@@ -183,7 +183,7 @@ def test_tensor_parallel_ranks_apply_their_own_heads(launch_server, marked_profi
     prompts = [_document(n, f"tp{n}-") + " Which gate stores the most crates?" for n in (70, 100)]
     flags = ("--profile", str(marked_profile), "--sparse-threshold", str(FULL_THRESHOLD),
              "--max-num-batched-tokens", str(FULL_CHUNK), "--max-model-len", "4096",
-             "--gpu-memory-utilization", "0.06")
+             "--gpu-memory-utilization", "0.08")
     outputs = {}
     for tp in (1, TP):
         with launch_server(*flags, "--tensor-parallel-size", str(tp)) as (_, server):
