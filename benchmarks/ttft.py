@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", default="16384,32768,65536", help="comma-separated prompt lengths")
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto", help="server --dtype (auto: float32 on CPUs without native bf16)")
     ap.add_argument("--chunk", type=int, default=8192, help="--max-num-batched-tokens of both servers")
     ap.add_argument("--threshold", type=int, default=None, help="--sparse-threshold (default: server's)")
     ap.add_argument("--answer-tokens", type=int, default=8)

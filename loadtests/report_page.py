@@ -31,6 +31,8 @@ def write_loadtest_page(
             blocks.append(table(["metric", "delta"], sorted(metrics.deltas.items())))
             if metrics.histogram_means:
                 blocks.append(table(["histogram", "mean over run"], sorted(metrics.histogram_means.items())))
+            if metrics.gauges:
+                blocks.append(table(["gauge", "at end of run"], sorted(metrics.gauges.items())))
         else:
             blocks.append(preformatted(f"server metrics unavailable: {metrics.error}"))
     if compare is not None:

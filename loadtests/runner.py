@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from loadtests.arrivals import arrival_offsets
 from loadtests.client import RequestResult, RequestSpec, StreamOptions, stream_request
-from loadtests.server_metrics import ServerMetricsDelta, metrics_delta, scrape
+from loadtests.server_metrics import ServerMetricsDelta, Snapshot, metrics_delta, scrape
 from loadtests.target import Target
 
 
@@ -85,7 +85,7 @@ async def run_targets(
     timeout = httpx.Timeout(options.timeout_s, connect=min(options.timeout_s, 30.0))
     bar = tqdm(total=len(specs) * len(targets), desc="requests", unit="req", disable=not progress)
     async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
-        before: dict[str, tuple[dict[str, float] | None, str]] = {}
+        before: dict[str, tuple[Snapshot | None, str]] = {}
         try:
             for target in targets:
                 await _warm_up(client, target, warmups, options, state, count_tokens)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtests.server_metrics import metrics_delta, parse_metrics
+from loadtests.server_metrics import Snapshot, metrics_delta, parse_metrics, parse_snapshot
 
 BEFORE = """# TYPE sparse_serve:prompt_tokens counter
 sparse_serve:prompt_tokens_total 100.0
@@ -17,9 +17,12 @@ sparse_serve:time_to_first_token_seconds_sum 1.5
 process_cpu_seconds_total 3.0
 # TYPE vllm:num_requests_running gauge
 vllm:num_requests_running{model_name="m"} 0.0
+# TYPE sparse_serve:sparse_layer_density gauge
+sparse_serve:sparse_layer_density{layer="0"} 0.5
 """
 AFTER = BEFORE.replace("_total 100.0", "_total 1300.0").replace("_count 2.0", "_count 6.0") \
-    .replace("_sum 1.5", "_sum 3.5").replace("process_cpu_seconds_total 3.0", "process_cpu_seconds_total 9.0")
+    .replace("_sum 1.5", "_sum 3.5").replace("process_cpu_seconds_total 3.0", "process_cpu_seconds_total 9.0") \
+    .replace('{layer="0"} 0.5', '{layer="0"} 0.25')
 
 
 def test_parse_keeps_prefixed_samples_only() -> None:
@@ -30,7 +33,7 @@ def test_parse_keeps_prefixed_samples_only() -> None:
 
 
 def test_delta_and_histogram_mean() -> None:
-    delta = metrics_delta(parse_metrics(BEFORE), parse_metrics(AFTER))
+    delta = metrics_delta(parse_snapshot(BEFORE), parse_snapshot(AFTER))
     assert delta.available
     assert delta.deltas == {
         "sparse_serve:prompt_tokens_total": 1200.0,
@@ -38,8 +41,11 @@ def test_delta_and_histogram_mean() -> None:
         "sparse_serve:time_to_first_token_seconds_sum": 2.0,
     }
     assert delta.histogram_means == {"sparse_serve:time_to_first_token_seconds": pytest.approx(0.5)}
+    # a gauge is a level, not a count: reported at the end of the run, never differenced
+    assert delta.gauges == {'sparse_serve:sparse_layer_density{layer="0"}': 0.25,
+                            'vllm:num_requests_running{model_name="m"}': 0.0}
 
 
 def test_unavailable() -> None:
-    delta = metrics_delta(None, {"a": 1.0}, "GET /metrics returned 404")
+    delta = metrics_delta(None, Snapshot({"a": 1.0}, {}), "GET /metrics returned 404")
     assert not delta.available and "404" in delta.error
