@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from accuracy.evaluate import eval_report, run_samples
 from accuracy.native_length import native_length
-from accuracy.results import EvalReport, compare_reports, format_delta_table, format_table
+from accuracy.results import EvalCompareReport, EvalReport, compare_reports, format_delta_table, format_table
 from accuracy.tasks.registry import DEFAULT_DEPTHS, generate_samples, parse_numbers, parse_tasks
 from loadtests.cli_options import (
     add_output_arguments, add_target_arguments, quiet_http_logs, resolve_models, targets_from_args,
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     state = run_samples(targets, samples, options, args.max_concurrency, tokenizer, RunState([t.label for t in targets]), not args.no_progress)
     settings = {"endpoint": args.endpoint, "tasks": tasks, "lengths": lengths, "samples_per_cell": args.samples, "seed": args.seed}
     reports = {t.label: eval_report(t, samples, state, settings, native, args.save_detailed) for t in targets}
-    _write_outputs(args, reports)
+    _write_outputs(args, reports, compare_reports(*reports.values()) if len(reports) == 2 else None)
     if state.interrupted:
         return 130
     return 0 if any(c.completed for r in reports.values() for c in r.cells) else 1
@@ -80,18 +80,18 @@ def run(args: argparse.Namespace) -> int:
 def _compare_saved(args: argparse.Namespace) -> int:
     try:
         reports = [EvalReport.model_validate_json(path.read_text()) for path in args.from_json]
-        compare_reports(*reports)
+        compare = compare_reports(*reports)
     except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    _write_outputs(args, {r.label: r for r in reports})
+    _write_outputs(args, {r.label: r for r in reports}, compare)
     return 0
 
 
-def _write_outputs(args: argparse.Namespace, reports: dict[str, EvalReport]) -> None:
+def _write_outputs(args: argparse.Namespace, reports: dict[str, EvalReport],
+                   compare: EvalCompareReport | None) -> None:
     """Print the tables (and B - A), write the JSON, the heat-map and the HTML page."""
     texts = [format_table(r) for r in reports.values()]
-    compare = compare_reports(*reports.values()) if len(reports) == 2 else None
     if compare is not None:
         texts.append(format_delta_table(compare))
     print("\n\n".join(texts))
