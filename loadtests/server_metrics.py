@@ -9,6 +9,7 @@ are not differenced: the report carries their values at the end of the run.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -39,29 +40,34 @@ class Snapshot:
     gauges: dict[str, float]
 
 
-def parse_metrics(text: str, prefixes: tuple[str, ...] = DEFAULT_PREFIXES,
-                  kinds: tuple[str, ...] | None = None) -> dict[str, float]:
-    """Samples of the Prometheus exposition `text` whose name has a prefix (and family type in `kinds`).
+def _samples(text: str, prefixes: tuple[str, ...]) -> Iterator[tuple[str, str, float]]:
+    """(family type, `name{label="v",...}`, value) of every prefixed sample, buckets and `_created` skipped."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.startswith(prefixes) or sample.name.endswith(("_bucket", "_created")):
+                continue
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            yield family.type, f"{sample.name}{{{labels}}}" if labels else sample.name, float(sample.value)
+
+
+def parse_metrics(text: str, prefixes: tuple[str, ...] = DEFAULT_PREFIXES) -> dict[str, float]:
+    """Samples of the Prometheus exposition `text` whose name has a prefix.
 
     Keys are `name{label="v",...}`; histogram buckets and `_created`
     timestamps are skipped. Raises ValueError on unparsable text.
     """
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if kinds is not None and family.type not in kinds:
-            continue
-        for sample in family.samples:
-            if not sample.name.startswith(prefixes):
-                continue
-            if sample.name.endswith(("_bucket", "_created")):
-                continue
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = float(sample.value)
-    return samples
+    return {key: value for _, key, value in _samples(text, prefixes)}
 
 
 def parse_snapshot(text: str, prefixes: tuple[str, ...] = DEFAULT_PREFIXES) -> Snapshot:
-    return Snapshot(parse_metrics(text, prefixes, CUMULATIVE_KINDS), parse_metrics(text, prefixes, ("gauge",)))
+    """`text` parsed once, split into cumulative samples and gauges (other kinds dropped)."""
+    snapshot = Snapshot(cumulative={}, gauges={})
+    for kind, key, value in _samples(text, prefixes):
+        if kind in CUMULATIVE_KINDS:
+            snapshot.cumulative[key] = value
+        elif kind == "gauge":
+            snapshot.gauges[key] = value
+    return snapshot
 
 
 async def scrape(client: httpx.AsyncClient, target: Target) -> tuple[Snapshot | None, str]:

@@ -83,7 +83,7 @@ def apply_cpu_binding(setting: str, ranks: int) -> None:
     if BIND_ENV in os.environ:
         logger.info("CPU binding from %s=%s", BIND_ENV, os.environ[BIND_ENV])
         return
-    value = omp_bind(setting, sorted(os.sched_getaffinity(0)), ranks)
+    value = omp_bind(setting, list(os.sched_getaffinity(0)), ranks)
     if value is None:
         logger.info("CPU binding: vLLM's own (--cpu-bind %s)", setting)
         return
