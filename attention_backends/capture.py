@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,23 +126,44 @@ def document_ids(tokenizer: object, seq_len: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_capture(config: CaptureConfig) -> list[LayerCapture]:
-    """Run the model and capture the requested layers (no cache)."""
-    model, tokenizer = load_model(config.model_dir, config.seq_len)
-    layers = model.model.layers
-    for layer in config.layers:
-        if not 0 <= layer < len(layers):
-            raise ValueError(f"layer {layer} out of range: the model has {len(layers)} layers")
-    ids = document_ids(tokenizer, config.seq_len, config.seed)
-    wanted = sorted(set(config.layers))
+def stream_layers(
+    model: torch.nn.Module, ids: torch.Tensor, layers: Sequence[int], on_layer: Callable[[LayerCapture], None]
+) -> None:
+    """Run ``model`` on ``ids [N]`` and hand each requested layer's capture to ``on_layer`` as soon as it exists.
+
+    Only one layer's q/k/v is alive at a time (the callback scores and drops it), so memory stays
+    bounded by one layer whatever the model depth; the forward stops after the last requested layer.
+    """
+    blocks = model.model.layers
+    for layer in layers:
+        if not 0 <= layer < len(blocks):
+            raise ValueError(f"layer {layer} out of range: the model has {len(blocks)} layers")
+    wanted = sorted(set(layers))
+    head_dim = int(model.config.head_dim)
+    seq_len = int(ids.numel())
     raw: dict[int, dict[str, torch.Tensor]] = {i: {} for i in wanted}
-    handles = []
+
+    def finish(layer: int) -> None:
+        got = raw.pop(layer)
+        parts = {name: got[name].view(seq_len, -1, head_dim).transpose(0, 1).contiguous() for name in ("q_proj", "k_proj", "v_proj")}
+        cos, sin = got["cos"], got["sin"]
+        on_layer(
+            LayerCapture(
+                layer=layer,
+                q=apply_rope(parts["q_proj"], cos, sin),
+                k=apply_rope(parts["k_proj"], cos, sin),
+                v=parts["v_proj"],
+                k_pre_rope=parts["k_proj"],
+            )
+        )
 
     def keep(layer: int, name: str):
         def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
             raw[layer][name] = output[0].detach()
-            if layer == wanted[-1] and len(raw[layer]) == 5:
-                raise _StopForward
+            if len(raw[layer]) == 5:
+                finish(layer)
+                if layer == wanted[-1]:
+                    raise _StopForward
 
         return hook
 
@@ -152,8 +174,9 @@ def run_capture(config: CaptureConfig) -> list[LayerCapture]:
 
         return hook
 
+    handles = []
     for i in wanted:
-        attn = layers[i].self_attn
+        attn = blocks[i].self_attn
         handles.append(attn.register_forward_pre_hook(keep_rope(i), with_kwargs=True))
         for name in ("q_proj", "k_proj", "v_proj"):
             handles.append(getattr(attn, name).register_forward_hook(keep(i, name)))
@@ -164,20 +187,13 @@ def run_capture(config: CaptureConfig) -> list[LayerCapture]:
     finally:
         for handle in handles:
             handle.remove()
-    head_dim = int(model.config.head_dim)
-    out = []
-    for i in wanted:
-        parts = {name: raw[i][name].view(config.seq_len, -1, head_dim).transpose(0, 1).contiguous() for name in ("q_proj", "k_proj", "v_proj")}
-        cos, sin = raw[i]["cos"], raw[i]["sin"]
-        out.append(
-            LayerCapture(
-                layer=i,
-                q=apply_rope(parts["q_proj"], cos, sin),
-                k=apply_rope(parts["k_proj"], cos, sin),
-                v=parts["v_proj"],
-                k_pre_rope=parts["k_proj"],
-            )
-        )
+
+
+def run_capture(config: CaptureConfig) -> list[LayerCapture]:
+    """Run the model on the synthetic document and capture the requested layers (no cache)."""
+    model, tokenizer = load_model(config.model_dir, config.seq_len)
+    out: list[LayerCapture] = []
+    stream_layers(model, document_ids(tokenizer, config.seq_len, config.seed), config.layers, out.append)
     return out
 
 

@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-recall", type=float, default=0.95, help="attention recall each sparse head must keep")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--query-rows", type=int, default=256, help="query rows (later half) scored per length")
+    parser.add_argument(
+        "--costs-from", type=Path, metavar="PROFILE",
+        help="reuse the per-pattern costs measured in an earlier profile instead of timing them (reproducible reruns)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -61,11 +65,16 @@ def _build(args: argparse.Namespace) -> int:
         raise ValueError("`profile build` needs --out FILE")
     if not 0.0 < args.target_recall <= 1.0:
         raise ValueError(f"--target-recall must be in (0, 1]; got {args.target_recall}")
-    command = "sparse-serve profile " + " ".join(
-        shlex.quote(a)
-        for a in ("--model", str(args.model), "--out", str(args.out), "--lengths", ",".join(map(str, args.lengths)),
-                  "--target-recall", str(args.target_recall), "--seed", str(args.seed))
-    )
+    costs = None
+    if args.costs_from is not None:
+        costs = load_profile(args.costs_from).calibration.pattern_cost
+        if not costs:
+            raise ValueError(f"{args.costs_from}: calibration.pattern_cost is empty (profile made before costs were measured)")
+    words = ["--model", str(args.model), "--out", str(args.out), "--lengths", ",".join(map(str, args.lengths)),
+             "--target-recall", str(args.target_recall), "--seed", str(args.seed)]
+    if args.costs_from is not None:
+        words += ["--costs-from", str(args.costs_from)]
+    command = "sparse-serve profile " + " ".join(shlex.quote(a) for a in words)
     request = ProfileRequest(
         model_dir=args.model,
         lengths=tuple(args.lengths),
@@ -73,6 +82,7 @@ def _build(args: argparse.Namespace) -> int:
         seed=args.seed,
         query_rows=args.query_rows,
         command=command,
+        pattern_cost=costs,
     )
     profile, seconds = timed_build(request, progress=not args.quiet)
     save_profile(profile, args.out)

@@ -1,11 +1,14 @@
-"""Offline per-head profiler: capture q/k per layer at each calibration length, score, choose, write a profile.
+"""Offline per-head profiler: score every head on calibration prompts, choose, write a profile.
 
-The model runs with transformers over seeded synthetic long documents with retrieval questions
-(:mod:`attention_backends.capture`, YaRN RoPE scaling past the native length); every layer's
-post-RoPE q/k and pre-RoPE keys are scored per head (:mod:`profiles.scoring`,
-:mod:`profiles.kv_stats`) with chunked recall, so no layer's N x N attention is ever held.
-Per-head choices aggregate conservatively over lengths (MInference's offline pattern search,
-MoA / DuoAttention's per-head heterogeneity).
+At each calibration length the model runs with transformers (float32, YaRN RoPE scaling past the
+native length) over the retrieval prompts of :mod:`profiles.calibration`, rendered through the
+model's chat template. Layers stream out of the forward one at a time
+(:func:`attention_backends.capture.stream_layers`): each layer's post-RoPE q/k and pre-RoPE keys
+are scored per head (:mod:`profiles.scoring`, :mod:`profiles.kv_stats`) with chunked recall and
+dropped, so neither all layers' q/k/v nor any N x N attention is ever held. Candidate costs are
+measured once on a real layer (:mod:`profiles.pattern_cost`). Per-head choices aggregate
+conservatively over lengths and prompts (MInference's offline pattern search, MoA /
+DuoAttention's per-head heterogeneity).
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from attention_backends.capture import CaptureConfig, LayerCapture, run_capture
+from attention_backends.capture import LayerCapture, load_model, stream_layers
 
+from .calibration import TASKS, calibration_inputs
 from .kv_stats import kv_policy, lowrank_error
+from .pattern_cost import measure_pattern_costs
 from .schema import CalibrationSettings, HeadProfile, LayerProfile, Profile, fingerprint_from_dir
 from .scoring import LayerScores, candidate_grid, choose_patterns, late_rows, score_layer
 
@@ -35,11 +40,9 @@ class ProfileRequest(BaseModel):
     seed: int = 0
     query_rows: int = Field(256, gt=0)
     command: str = ""
-
-
-def capture_all_layers(model_dir: Path, seq_len: int, num_layers: int, seed: int) -> list[LayerCapture]:
-    """q/k/v of every layer at one length (one forward pass, float32 on CPU)."""
-    return run_capture(CaptureConfig(model_dir=model_dir, seq_len=seq_len, layers=tuple(range(num_layers)), seed=seed))
+    pattern_cost: dict[str, float] | None = Field(
+        None, description="Per-pattern costs to use instead of measuring them (makes a rerun reproducible)."
+    )
 
 
 def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:
@@ -47,28 +50,36 @@ def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:
     fingerprint = fingerprint_from_dir(request.model_dir)
     lengths = sorted(set(request.lengths))
     candidates = candidate_grid(lengths[0])
+    cost_layer = fingerprint.num_layers // 2
     torch.manual_seed(request.seed)
     scores: list[list[LayerScores]] = [[] for _ in range(fingerprint.num_layers)]
     kv_err = torch.zeros(fingerprint.num_layers, fingerprint.num_kv_heads)
+    costs: dict[str, float] = dict(request.pattern_cost or {})
     bar = tqdm(
-        total=len(lengths) * fingerprint.num_layers * fingerprint.num_q_heads,
-        desc="profiling (layers x heads)",
+        total=len(lengths) * len(TASKS) * fingerprint.num_layers * fingerprint.num_q_heads,
+        desc="profiling (prompts x layers x heads)",
         unit="head",
         disable=not progress,
     )
     for seq_len in lengths:
-        captures = capture_all_layers(request.model_dir, seq_len, fingerprint.num_layers, request.seed)
-        rows = late_rows(seq_len, request.query_rows)
-        for cap in captures:
-            scores[cap.layer].append(score_layer(cap.q, cap.k, candidates, rows))
-            kv_err[cap.layer] = torch.maximum(kv_err[cap.layer], lowrank_error(cap.k_pre_rope))
-            bar.update(fingerprint.num_q_heads)
-        del captures
+        model, tokenizer = load_model(request.model_dir, seq_len)
+        for item in calibration_inputs(tokenizer, seq_len, request.seed):
+            spread = late_rows(item.ids.numel(), request.query_rows)
+
+            def on_layer(cap: LayerCapture) -> None:
+                scores[cap.layer].append(score_layer(cap.q, cap.k, candidates, spread, item.question_rows))
+                kv_err[cap.layer] = torch.maximum(kv_err[cap.layer], lowrank_error(cap.k_pre_rope))
+                if not costs and cap.layer == cost_layer:
+                    costs.update(measure_pattern_costs(cap.q, cap.k, cap.v, candidates))
+                bar.update(fingerprint.num_q_heads)
+
+            stream_layers(model, item.ids, range(fingerprint.num_layers), on_layer)
+        del model
     bar.close()
     group = fingerprint.num_q_heads // fingerprint.num_kv_heads
     layers = []
-    for layer, per_length in enumerate(scores):
-        choices = choose_patterns(per_length, request.target_recall)
+    for layer, per_input in enumerate(scores):
+        choices = choose_patterns(per_input, request.target_recall, costs)
         heads = [
             HeadProfile(
                 head=h,
@@ -86,6 +97,8 @@ def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:
         seed=request.seed,
         query_rows=request.query_rows,
         command=request.command,
+        tasks=list(TASKS),
+        pattern_cost=costs,
     )
     return Profile(model=fingerprint, calibration=calibration, layers=layers)
 

@@ -79,6 +79,10 @@ class CalibrationSettings(_Strict):
     seed: int = 0
     query_rows: int = Field(gt=0, description="Sampled query rows (later half of the sequence) per length.")
     command: str = ""
+    tasks: list[str] = Field(default_factory=list, description="Calibration prompts scored at each length.")
+    pattern_cost: dict[str, float] = Field(
+        default_factory=dict, description="Measured time per kept pair of each pattern over dense time per pair."
+    )
 
 
 class Profile(_Strict):

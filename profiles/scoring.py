@@ -3,13 +3,15 @@
 For each candidate pattern (A-shape, vertical-slash over a (v, s) grid, block-sparse over
 top-k, FlexPrefill over gamma; MInference / FlexPrefill ideas), the index is planned for all
 heads at once and scored per head by the recall of exact attention mass on query rows from
-the later half of the sequence (the exact softmax of those R rows is computed once per layer,
-``[Hq, R, N]``, and shared by all candidates, so no N x N matrix is held) and by density. The cheapest candidate that meets the
-target recall at every calibration length wins; dense when none does.
+the later half of the sequence and on the closing question's rows (the exact softmax of those R
+rows is computed once per layer, ``[Hq, R, N]``, and shared by all candidates, so no N x N matrix
+is held) and by density. The cheapest candidate (density x measured per-pair cost) that meets the
+target recall on every calibration input wins; dense when none does or when dense is cheaper.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -20,12 +22,6 @@ from attention_backends.patterns import PatternParams, SparseParams, VerticalSla
 from attention_backends.inputs import check_qk, expand_kv
 
 BLOCK_SIZE = 64
-
-PATTERN_COST: dict[str, float] = {"a_shape": 1.0, "block_sparse": 1.0, "vertical_slash": 1.5, "flexprefill": 1.5}
-"""Relative time per kept pair of each pattern (cost = density x this). Assumed, not yet measured:
-A-shape and block-sparse run whole aligned blocks; vertical-slash and FlexPrefill also pay for
-their online estimation and a per-column gather."""
-
 
 def candidate_grid(min_len: int, block_size: int = BLOCK_SIZE) -> list[SparseParams]:
     """Candidates with budgets as fractions (1/32 .. 1/4) of the shortest calibration length ``min_len``."""
@@ -79,15 +75,25 @@ def exact_row_probs(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor) -> tor
 
 
 @torch.no_grad()
-def score_layer(q: torch.Tensor, k: torch.Tensor, candidates: list[SparseParams], rows: torch.Tensor) -> LayerScores:
-    """Recall and per-head density of each candidate: ``q [Hq, N, D]`` (post-RoPE), ``k [Hkv, N, D]``."""
+def score_layer(q: torch.Tensor, k: torch.Tensor, candidates: list[SparseParams], *row_sets: torch.Tensor) -> LayerScores:
+    """Recall and per-head density of each candidate: ``q [Hq, N, D]`` (post-RoPE), ``k [Hkv, N, D]``.
+
+    ``row_sets``: one or more ``int64 [R_i]`` sets of query rows (e.g. rows spread over the later
+    half, and the rows of the closing question); a head's recall is the mean over the rows of each
+    set, and the smallest of those means counts (a pattern must serve every set).
+    """
+    if not row_sets:
+        raise ValueError("score_layer needs at least one set of query rows")
     n = q.shape[1]
     causal_pairs = n * (n + 1) / 2
+    rows = torch.cat(row_sets)
+    bounds = torch.tensor([0] + [r.numel() for r in row_sets]).cumsum(0).tolist()
     probs = exact_row_probs(q, k, rows)
     recalls, densities = [], []
     for params in candidates:
         index = estimate_index(q, k, params)
-        recalls.append((probs * index.row_mask(rows)).sum(dim=2).mean(dim=1))
+        per_row = (probs * index.row_mask(rows)).sum(dim=2)  # [Hq, R]
+        recalls.append(torch.stack([per_row[:, a:b].mean(dim=1) for a, b in zip(bounds, bounds[1:])]).amin(0))
         densities.append(index.pair_counts().double() / causal_pairs)
     return LayerScores(candidates, torch.stack(recalls).float(), torch.stack(densities).float())
 
@@ -101,12 +107,16 @@ class HeadChoice:
     density: float
 
 
-def choose_patterns(per_length: list[LayerScores], target_recall: float) -> list[HeadChoice]:
-    """Per head, the cheapest candidate whose recall meets ``target_recall`` at every length.
+def choose_patterns(
+    per_length: list[LayerScores], target_recall: float, costs: Mapping[str, float] | None = None
+) -> list[HeadChoice]:
+    """Per head, the cheapest candidate whose recall meets ``target_recall`` on every scored input.
 
     Aggregation is conservative: a candidate's recall is its minimum and its density its maximum
-    over the lengths. Cost is density times :data:`PATTERN_COST`; ties go to the earlier candidate. Dense (recall 1,
-    density 1) when no candidate qualifies.
+    over the inputs (lengths x calibration prompts). Cost is density times the pattern's measured
+    per-pair cost relative to dense (:mod:`profiles.pattern_cost`; 1.0 for every pattern when
+    ``costs`` is None); ties go to the earlier candidate. Dense (recall 1, density 1) when no
+    candidate qualifies or the cheapest one costs as much as dense (cost >= 1).
     """
     if not per_length:
         raise ValueError("no calibration lengths were scored")
@@ -116,12 +126,12 @@ def choose_patterns(per_length: list[LayerScores], target_recall: float) -> list
     recall = torch.stack([s.recall for s in per_length]).amin(0)  # [C, Hq]
     dens = torch.stack([s.density for s in per_length]).amax(0)
     ok = recall >= target_recall
-    speed = torch.tensor([PATTERN_COST[c.pattern.value] for c in candidates]).unsqueeze(1)
+    speed = torch.tensor([1.0 if costs is None else costs[c.pattern.value] for c in candidates]).unsqueeze(1)
     cost = torch.where(ok, dens * speed, torch.full_like(dens, float("inf")))
     choices = []
     for h in range(recall.shape[1]):
         best = int(torch.argmin(cost[:, h]).item())
-        if not bool(ok[best, h]):
+        if not bool(ok[best, h]) or float(cost[best, h]) >= 1.0:
             choices.append(HeadChoice(DenseParams(block_size=candidates[0].block_size), 1.0, 1.0))
         else:
             choices.append(HeadChoice(candidates[best], float(recall[best, h]), float(dens[best, h])))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attention_backends.a_shape import estimate_a_shape
-from attention_backends.capture import CaptureConfig, apply_rope, capture_qkv, document_ids, load_model
+from attention_backends.capture import CaptureConfig, apply_rope, capture_qkv, document_ids, load_model, stream_layers
 from attention_backends.dense import dense_attention
 from attention_backends.metrics import attention_recall
 from attention_backends.patterns import AShapeParams
@@ -80,3 +80,27 @@ def test_real_heads_have_structure(captured):
     index = estimate_a_shape(layer.q, layer.k, AShapeParams(n_init=64, n_local=256))
     recall = attention_recall(layer.q, layer.k, index).mean().item()
     assert recall > 2 * index.density()
+
+
+def test_stream_layers_hands_out_one_layer_at_a_time(model_dir: Path):
+    """Layers arrive in order, each before the next layer runs; the forward stops after the last one."""
+    n = 128
+    model, tokenizer = load_model(model_dir, n)
+    ids = document_ids(tokenizer, n, 0)
+    order: list[int] = []
+    ran: list[int] = []
+    hooks = [model.model.layers[i].register_forward_pre_hook(lambda m, a, i=i: ran.append(i)) for i in range(5)]
+
+    def on_layer(cap) -> None:
+        order.append(cap.layer)
+        assert ran[-1] == cap.layer  # handed out before the next layer starts
+        assert cap.q.shape == (9, n, 64) and cap.k.shape == cap.k_pre_rope.shape == (3, n, 64)
+
+    try:
+        stream_layers(model, ids, (3, 0, 1), on_layer)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert order == [0, 1, 3] and max(ran) == 3  # layer 4 never ran
+    with pytest.raises(ValueError, match="out of range"):
+        stream_layers(model, ids, (99,), on_layer)

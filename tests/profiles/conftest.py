@@ -31,6 +31,7 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tie_word_embeddings=True,
     )
     LlamaForCausalLM(config).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(DEFAULT_MODEL / name, out / name)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (DEFAULT_MODEL / name).is_file():
+            shutil.copy(DEFAULT_MODEL / name, out / name)
     return out

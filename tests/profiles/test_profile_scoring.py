@@ -9,6 +9,8 @@ from attention_backends import AShapeParams, DenseParams, Pattern, attention_rec
 from profiles.scoring import candidate_grid, choose_patterns, late_rows, score_layer
 
 N, D = 1024, 32
+COSTS = {"a_shape": 1.0, "block_sparse": 1.0, "vertical_slash": 1.5, "flexprefill": 1.5}
+"""Per-pair costs of a machine where column gathers cost more (the profiler measures its own)."""
 
 
 def streaming_head(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +37,7 @@ def test_streaming_head_gets_a_shape_and_retrieval_head_does_not() -> None:
     q = torch.stack([qs, qr])
     k = torch.stack([ks, kr])
     scores = score_layer(q, k, candidate_grid(N), late_rows(N, 128))
-    stream, retrieve = choose_patterns([scores], 0.95)
+    stream, retrieve = choose_patterns([scores], 0.95, COSTS)
     assert isinstance(stream.params, AShapeParams)
     assert stream.recall >= 0.95 and stream.density < 0.6
     assert not isinstance(retrieve.params, AShapeParams)
@@ -90,3 +92,26 @@ def test_scores_match_attention_recall() -> None:
         index = estimate_index(q, k, params)
         torch.testing.assert_close(scores.recall[c], attention_recall(q, k, index, rows=rows), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(scores.density[c].mean().item(), index.density(), atol=1e-6, rtol=1e-6)
+
+
+def test_a_pattern_slower_than_dense_is_not_chosen() -> None:
+    gen = torch.Generator().manual_seed(3)
+    q, k = streaming_head(gen)
+    scores = score_layer(q[None], k[None], candidate_grid(N), late_rows(N, 64))
+    (cheap,) = choose_patterns([scores], 0.95, COSTS)
+    assert cheap.params.pattern != Pattern.DENSE
+    slow = {name: 1.0 / scores.density.min().item() for name in COSTS}  # every candidate now costs >= dense
+    (chosen,) = choose_patterns([scores], 0.95, slow)
+    assert isinstance(chosen.params, DenseParams)
+
+
+def test_every_row_set_must_be_served() -> None:
+    gen = torch.Generator().manual_seed(4)
+    q, k = retrieval_head(gen)
+    cands = candidate_grid(N)[:1]  # narrowest A-shape
+    spread, question = late_rows(N, 64), torch.arange(N - 8, N)
+    both = score_layer(q[None], k[None], cands, spread, question)
+    alone = [score_layer(q[None], k[None], cands, rows) for rows in (spread, question)]
+    torch.testing.assert_close(both.recall, torch.minimum(alone[0].recall, alone[1].recall))
+    with pytest.raises(ValueError, match="at least one set"):
+        score_layer(q[None], k[None], cands)

@@ -8,13 +8,16 @@ from profiles.profiler import ProfileRequest, build_profile
 from profiles.schema import Profile, parse_profile
 
 LENGTH = 512
+COSTS = {"a_shape": 0.5, "block_sparse": 0.5, "vertical_slash": 0.8, "flexprefill": 0.8}
 
 
 def test_tiny_llama_profile_is_valid_and_deterministic(tiny_llama: Path) -> None:
-    request = ProfileRequest(model_dir=tiny_llama, lengths=(LENGTH,), target_recall=0.9, query_rows=32)
+    request = ProfileRequest(model_dir=tiny_llama, lengths=(LENGTH,), target_recall=0.9, query_rows=32, pattern_cost=COSTS)
     first = build_profile(request, progress=False)
     second = build_profile(request, progress=False)
-    assert first == second
+    assert first == second  # given costs: the rest is deterministic
+    assert first.calibration.pattern_cost == COSTS
+    assert first.calibration.tasks == ["kv_report", "niah_multikey", "variable_tracking"]
     again = parse_profile(first.model_dump(mode="json"), "roundtrip")
     assert isinstance(again, Profile) and again == first
     assert first.model.num_layers == 2 and first.model.num_q_heads == 4 and first.model.num_kv_heads == 2
@@ -24,7 +27,18 @@ def test_tiny_llama_profile_is_valid_and_deterministic(tiny_llama: Path) -> None
             if head.prefill.pattern.value == "dense":
                 assert head.recall == 1.0 and head.density == 1.0 and head.kv.policy == "full"
             else:
-                assert head.recall >= 0.9 and 0.0 < head.density < 1.0
+                assert head.recall >= 0.9 and 0.0 < head.density <= 1.0
             assert head.kv.policy == ("streaming" if head.prefill.pattern.value == "a_shape" else "full")
             err = head.kv.params["lowrank_error_r16"]
             assert 0.0 <= err <= 1.0
+
+
+def test_costs_are_measured_when_not_given(tiny_llama: Path) -> None:
+    profile = build_profile(ProfileRequest(model_dir=tiny_llama, lengths=(LENGTH,), query_rows=16), progress=False)
+    costs = profile.calibration.pattern_cost
+    assert set(costs) == {"a_shape", "vertical_slash", "block_sparse", "flexprefill"}
+    assert all(0.0 < c < 1e4 for c in costs.values())
+    for layer in profile.layers:
+        for head in layer.heads:
+            if head.prefill.pattern.value != "dense":
+                assert head.density * costs[head.prefill.pattern.value] < 1.0  # cheaper than dense, else dense

@@ -1,0 +1,58 @@
+"""Measured cost of each sparse pattern per kept query-key pair, relative to dense attention.
+
+The profiler ranks the candidates that meet the recall target by ``density x cost``, where cost is
+the time one kept pair takes with that pattern (index estimation included) divided by the time
+one causal pair takes in dense SDPA, both on this machine, on a real captured layer. A pattern
+whose ``density x cost`` reaches 1 is slower than dense and is not chosen (dense is exact too).
+On CPU the executor is the gather path the engine runs; elsewhere the ``auto`` backend.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from attention_backends import estimate_index
+from attention_backends.dense import dense_attention
+from attention_backends.interface import run_index
+from attention_backends.patterns import SparseParams
+
+REPEATS = 3
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def measure_pattern_costs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidates: list[SparseParams], *, repeats: int = REPEATS
+) -> dict[str, float]:
+    """Per pattern class, seconds per kept pair over dense seconds per causal pair (median of ``repeats``).
+
+    ``q [Hq, N, D]``, ``k, v [Hkv, N, D]``. Each class is timed on its median-budget candidate.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be positive; got {repeats}")
+    hq, n, _ = q.shape
+    backend = "gather" if q.device.type == "cpu" else "auto"
+    dense_s = _median_seconds(lambda: dense_attention(q, k, v), repeats)
+    dense_per_pair = dense_s / (hq * n * (n + 1) / 2)
+    by_class: dict[str, list[SparseParams]] = {}
+    for params in candidates:
+        by_class.setdefault(params.pattern.value, []).append(params)
+    costs = {}
+    for name, group in by_class.items():
+        params = group[len(group) // 2]
+        pairs = float(estimate_index(q, k, params).pair_counts().sum())
+        seconds = _median_seconds(lambda: run_index(q, k, v, estimate_index(q, k, params), backend=backend), repeats)
+        costs[name] = round(seconds / max(pairs, 1.0) / dense_per_pair, 4)
+    return costs
