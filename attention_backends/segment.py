@@ -10,7 +10,7 @@ segment's queries against every key, as MInference does per chunk):
   key/value heads expanded per query head (GQA) so any subset of query heads forms a group;
 * the index is planned for the whole ``N x N`` causal square with the segment's queries in
   the last rows (earlier rows are zero and never executed: ``rows_from``);
-* ``dense`` heads run exact causal attention over the segment in row tiles.
+* ``dense`` heads run exact causal attention over the segment (:func:`dense_tail_attention`).
 
 Pure tensors in, tensors out; the vLLM adapter (``vllm_backend``) feeds it from the paged cache.
 """
@@ -55,8 +55,20 @@ def dense_tail_attention(
 ) -> torch.Tensor:
     """Exact causal attention of the last rows: ``q [Hq, Nq, D]``, ``k, v [Hkv, N, D]`` -> ``[Hq, Nq, D]``.
 
-    Query ``i`` sits at position ``N - Nq + i``. Row tiles keep memory at O(rows_per_tile * N).
+    Query ``i`` sits at position ``N - Nq + i``. On CPU: two flash-attention calls, the queries over
+    every earlier key (no mask) and causally over the segment's own square, merged by their
+    log-sum-exp (as flash-decoding merges splits), about 5x faster at 8K than masked SDPA. Elsewhere:
+    masked SDPA in row tiles (memory O(rows_per_tile * N)).
     """
+    if q.device.type == "cpu":
+        return _split_causal_attention(q, k, v, scale=scale)
+    return _tiled_masked_attention(q, k, v, scale=scale, rows_per_tile=rows_per_tile)
+
+
+def _tiled_masked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, rows_per_tile: int
+) -> torch.Tensor:
+    """:func:`dense_tail_attention` as masked SDPA in row tiles (any device)."""
     h, nq, d = q.shape
     n = k.shape[1]
     start = n - nq
@@ -70,6 +82,24 @@ def dense_tail_attention(
             q[:, r0:r1], k, v, attn_mask=mask, scale=scale, enable_gqa=h != k.shape[0]
         )
     return out
+
+
+def _split_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float) -> torch.Tensor:
+    """:func:`dense_tail_attention` on CPU with ATen's flash kernel, which also returns the log-sum-exp."""
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    h, nq, _ = q.shape
+    start = k.shape[1] - nq
+    ke = k.repeat_interleave(h // k.shape[0], 0).unsqueeze(0)
+    ve = v.repeat_interleave(h // v.shape[0], 0).unsqueeze(0)
+    qb = q.unsqueeze(0)
+    out, lse = flash(qb, ke[:, :, start:], ve[:, :, start:], 0.0, True, attn_mask=None, scale=scale)[:2]
+    if start == 0:
+        return out[0]
+    out_p, lse_p = flash(qb, ke[:, :, :start], ve[:, :, :start], 0.0, False, attn_mask=None, scale=scale)[:2]
+    top = torch.maximum(lse, lse_p)
+    w, w_p = torch.exp(lse - top).unsqueeze(-1), torch.exp(lse_p - top).unsqueeze(-1)
+    merged = (out.float() * w + out_p.float() * w_p) / (w + w_p)
+    return merged[0].to(q.dtype)
 
 
 def segment_attention(

@@ -2,9 +2,11 @@
 
 The profiler ranks the candidates that meet the recall target by ``density x cost``, where cost is
 the time one kept pair takes with that pattern (index estimation included) divided by the time
-one causal pair takes in dense SDPA, both on this machine, on a real captured layer. A pattern
-whose ``density x cost`` reaches 1 is slower than dense and is not chosen (dense is exact too).
-On CPU the executor is the gather path the engine runs; elsewhere the ``auto`` backend.
+one causal pair takes for a dense head, both as the engine runs them (:mod:`attention_backends.segment`:
+dense heads in row tiles of masked SDPA; sparse heads on the gather executor on CPU, the ``auto``
+backend elsewhere), on this machine, on a real captured layer. A pattern whose
+``density x cost`` reaches 1 is slower than dense and is not chosen (dense is exact too).
+Timings are only as clean as the machine: profile on an otherwise idle host.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from collections.abc import Callable
 import torch
 
 from attention_backends import estimate_index
-from attention_backends.dense import dense_attention
 from attention_backends.interface import run_index
 from attention_backends.patterns import SparseParams
+from attention_backends.segment import dense_tail_attention
 
 REPEATS = 3
 
@@ -44,7 +46,8 @@ def measure_pattern_costs(
         raise ValueError(f"repeats must be positive; got {repeats}")
     hq, n, _ = q.shape
     backend = "gather" if q.device.type == "cpu" else "auto"
-    dense_s = _median_seconds(lambda: dense_attention(q, k, v), repeats)
+    scale = q.shape[-1] ** -0.5
+    dense_s = _median_seconds(lambda: dense_tail_attention(q, k, v, scale=scale), repeats)
     dense_per_pair = dense_s / (hq * n * (n + 1) / 2)
     by_class: dict[str, list[SparseParams]] = {}
     for params in candidates:

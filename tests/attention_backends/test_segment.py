@@ -12,7 +12,7 @@ from attention_backends.patterns import (
     FlexPrefillParams,
     VerticalSlashParams,
 )
-from attention_backends.segment import HeadGroup, causal_pairs, dense_tail_attention, segment_attention
+from attention_backends.segment import HeadGroup, _tiled_masked_attention, causal_pairs, dense_tail_attention, segment_attention
 from profiles.variants import full_budget_params
 
 SCALE = 0.125
@@ -80,10 +80,15 @@ def test_sparse_budget_keeps_fewer_pairs_and_dense_group_is_exact() -> None:
     assert not torch.allclose(out[3:], _exact(q, k, v)[3:], atol=1e-3)
 
 
-def test_dense_tail_attention_handles_gqa_and_tiles() -> None:
-    q, k, v = _qkv(200, 90, seed=3)
-    torch.testing.assert_close(dense_tail_attention(q, k, v, scale=SCALE, rows_per_tile=16), _exact(q, k, v),
-                               atol=2e-5, rtol=1e-4)
+@pytest.mark.parametrize("n, nq", [(200, 90), (90, 90), (300, 1)])
+def test_dense_tail_attention_handles_gqa_prefixes_and_tiles(n: int, nq: int) -> None:
+    q, k, v = _qkv(n, nq, seed=3)
+    exact = _exact(q, k, v)
+    torch.testing.assert_close(dense_tail_attention(q, k, v, scale=SCALE), exact, atol=2e-5, rtol=1e-4)  # CPU: split flash
+    torch.testing.assert_close(_tiled_masked_attention(q, k, v, scale=SCALE, rows_per_tile=16), exact, atol=2e-5, rtol=1e-4)
+    got = dense_tail_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), scale=SCALE)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), exact, atol=2e-2, rtol=2e-2)
 
 
 def test_groups_must_cover_every_head_once() -> None:
