@@ -160,7 +160,7 @@ def test_needle_found_with_shipped_profile_as_with_dense(live_server, dense_serv
     after = _metrics(live_server)
     assert _counter(after, "sparse_prefill_tokens_total") - _counter(before, "sparse_prefill_tokens_total") > 4000
     densities = [v for k, v in after.items() if "sparse_layer_density" in k]
-    assert densities and max(densities) < 1.0
+    assert densities and min(densities) < 1.0  # some layers run sparse (the profile keeps others fully dense)
 
 
 def test_server_refuses_to_start_when_vllm_does_not_load_the_plugin(model_dir: Path, tmp_path: Path) -> None:
