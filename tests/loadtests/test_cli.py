@@ -81,7 +81,7 @@ def test_ctrl_c_writes_partial_report(fault_server, smollm_tokenizer, tmp_path: 
     deadline = time.monotonic() + 120
     while server.requests < 5 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
-    time.sleep(0.5)
+    time.sleep(2.0)  # let the fast requests finish; the slow one holds for 60 s (0.5 s was too short on a loaded host)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, output
