@@ -2,9 +2,8 @@
 
 ShadowKV (Sun et al., 2024) keeps pre-RoPE keys in a low-rank form, so the relative error of a
 rank-r reconstruction of a head's pre-RoPE keys says how well it compresses. Streaming heads
-(A-shape prefill) can drop the middle of the cache (StreamingLLM). :func:`kv_policy` is the
-placeholder rule the shipped profile was built with (``streaming`` for A-shape heads, ``full``
-otherwise); :func:`choose_kv_policy` is the real rule, driven by measured criteria:
+(A-shape prefill) can drop the middle of the cache (StreamingLLM). :func:`choose_kv_policy` is
+the rule the profiler applies (:mod:`profiles.kv_choice`), driven by measured criteria:
 
 * :func:`layer_lowrank_error`: relative Frobenius error of the rank-r fit of a layer's pre-RoPE
   keys with heads concatenated along features (the layout :mod:`kvcache.lowrank` stores);
@@ -37,8 +36,8 @@ from kvcache.streaming import streaming_mask
 
 from .schema import KvChoice
 
-LOWRANK_RANK = 16
-"""Per-head rank of the placeholder statistic :func:`lowrank_error` (of head_dim)."""
+DEFAULT_RANK = 32
+"""Rank recorded with the low-rank error when none is given (:class:`kvcache.params.ShadowKvParams`' default)."""
 
 TARGET_DECODE_RECALL = 0.95
 """Default decode recall a compressed policy must reach (the profiler's prefill target)."""
@@ -49,25 +48,6 @@ MAX_LOWRANK_ERROR = 0.15
 A relative Frobenius error ``e`` loses ``e**2`` of the key energy (0.15 -> 2.3%); the selection
 recall is measured on exact keys, so this bound keeps the rebuilt keys close to those.
 """
-
-
-@torch.no_grad()
-def lowrank_error(k_pre_rope: torch.Tensor, rank: int = LOWRANK_RANK) -> torch.Tensor:
-    """Relative Frobenius error of the best rank-``rank`` approximation per KV head: ``[Hkv, N, D] -> float32 [Hkv]``."""
-    if k_pre_rope.dim() != 3:
-        raise ValueError(f"keys must be [heads, seq_len, head_dim]; got {tuple(k_pre_rope.shape)}")
-    if rank <= 0:
-        raise ValueError(f"rank must be positive; got {rank}")
-    s = torch.linalg.svdvals(k_pre_rope.double())
-    total = (s**2).sum(-1).clamp(min=1e-300)
-    tail = (s[:, rank:] ** 2).sum(-1)
-    return (tail / total).sqrt().float()
-
-
-def kv_policy(prefill: PatternParams, lowrank_err: float, rank: int = LOWRANK_RANK) -> KvChoice:
-    """Placeholder policy for one head from its prefill pattern, with its statistics."""
-    policy = "streaming" if isinstance(prefill, AShapeParams) else "full"
-    return KvChoice(policy=policy, params={f"lowrank_error_r{rank}": round(float(lowrank_err), 6)})
 
 
 @torch.no_grad()
@@ -228,7 +208,7 @@ def choose_kv_policy(
     nosa_recall: float | None = None,
     target_recall: float = TARGET_DECODE_RECALL,
     max_lowrank_error: float = MAX_LOWRANK_ERROR,
-    rank: int = LOWRANK_RANK,
+    rank: int = DEFAULT_RANK,
     output_error: float | None = None,
     max_output_error: float = MAX_DECODE_OUTPUT_ERROR,
 ) -> KvChoice:

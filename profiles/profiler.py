@@ -4,8 +4,8 @@ At each calibration length the model runs with transformers (float32, YaRN RoPE 
 native length) over the retrieval prompts of :mod:`profiles.calibration`, rendered through the
 model's chat template. Layers stream out of the forward one at a time
 (:func:`attention_backends.capture.stream_layers`): each layer's post-RoPE q/k and pre-RoPE keys
-are scored per head (:mod:`profiles.scoring`, :mod:`profiles.kv_stats`) with chunked recall and
-dropped, so neither all layers' q/k/v nor any N x N attention is ever held. Candidate costs are
+are scored per head with chunked recall (prefill patterns, :mod:`profiles.scoring`) and decode
+recall under the KV budgets (KV policies, :mod:`profiles.kv_choice`), then dropped, so neither all layers' q/k/v nor any N x N attention is ever held. Candidate costs are
 measured once on a real layer (:mod:`profiles.pattern_cost`). Per-head choices aggregate
 conservatively over lengths and prompts (MInference's offline pattern search, MoA /
 DuoAttention's per-head heterogeneity).
@@ -23,7 +23,7 @@ from tqdm import tqdm
 from attention_backends.capture import LayerCapture, load_model, stream_layers
 
 from .calibration import TASKS, calibration_inputs
-from .kv_stats import kv_policy, lowrank_error
+from .kv_choice import KvLayerStats, choose_kv, decode_rows, score_kv_layer
 from .pattern_cost import measure_pattern_costs
 from .schema import CalibrationSettings, HeadProfile, LayerProfile, Profile, fingerprint_from_dir
 from .scoring import LayerScores, candidate_grid, choose_patterns, late_rows, score_layer
@@ -53,7 +53,7 @@ def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:
     cost_layer = fingerprint.num_layers // 2
     torch.manual_seed(request.seed)
     scores: list[list[LayerScores]] = [[] for _ in range(fingerprint.num_layers)]
-    kv_err = torch.zeros(fingerprint.num_layers, fingerprint.num_kv_heads)
+    kv_stats: list[KvLayerStats | None] = [None] * fingerprint.num_layers
     costs: dict[str, float] = dict(request.pattern_cost or {})
     bar = tqdm(
         total=len(lengths) * len(TASKS) * fingerprint.num_layers * fingerprint.num_q_heads,
@@ -65,10 +65,11 @@ def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:
         model, tokenizer = load_model(request.model_dir, seq_len)
         for item in calibration_inputs(tokenizer, seq_len, request.seed):
             spread = late_rows(item.ids.numel(), request.query_rows)
+            decode = decode_rows(item.question_rows)
 
             def on_layer(cap: LayerCapture) -> None:
                 scores[cap.layer].append(score_layer(cap.q, cap.k, candidates, spread, item.question_rows))
-                kv_err[cap.layer] = torch.maximum(kv_err[cap.layer], lowrank_error(cap.k_pre_rope))
+                kv_stats[cap.layer] = score_kv_layer(cap.q, cap.k, cap.k_pre_rope, decode).merge(kv_stats[cap.layer])
                 if not costs and cap.layer == cost_layer:
                     costs.update(measure_pattern_costs(cap.q, cap.k, cap.v, candidates))
                 bar.update(fingerprint.num_q_heads)
@@ -76,15 +77,15 @@ def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:
             stream_layers(model, item.ids, range(fingerprint.num_layers), on_layer)
         del model
     bar.close()
-    group = fingerprint.num_q_heads // fingerprint.num_kv_heads
     layers = []
     for layer, per_input in enumerate(scores):
         choices = choose_patterns(per_input, request.target_recall, costs)
+        kv = choose_kv([c.params for c in choices], kv_stats[layer], request.target_recall)
         heads = [
             HeadProfile(
                 head=h,
                 prefill=c.params,
-                kv=kv_policy(c.params, float(kv_err[layer, h // group])),
+                kv=kv[h],
                 recall=round(min(c.recall, 1.0), 6),
                 density=round(min(c.density, 1.0), 6),
             )

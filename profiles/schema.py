@@ -38,6 +38,7 @@ class ModelFingerprint(_Strict):
     head_dim: int = Field(gt=0)
     rope_theta: float = Field(gt=0)
     rope_type: str = "default"
+    rope_factor: float = Field(default=1.0, gt=0)
 
 
 class KvChoice(_Strict):
@@ -127,6 +128,7 @@ def fingerprint_from_config(config: object) -> ModelFingerprint:
         head_dim=int(head_dim),
         rope_theta=float(theta),
         rope_type=str(rope.get("rope_type", "default")),
+        rope_factor=float(rope.get("factor", 1.0)),
     )
 
 

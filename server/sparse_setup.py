@@ -1,7 +1,7 @@
 """Server side of sparse prefill: pick and validate the profile, arm the vLLM plugin, verify it.
 
-Before the engine starts: resolve the profile (``--profile``, else the shipped one when the
-model matches it), validate it against the model's fingerprint (errors name the file and the
+Before the engine starts: resolve the profile (``--profile``, else the shipped one whose
+fingerprint matches the model, e.g. the YaRN x4 variant gets the profile calibrated on it), validate it against the model's fingerprint (errors name the file and the
 field), create the shared counters file and export the plugin config that every vLLM process
 inherits. After the engine started: check that vLLM really built our backend's layers, and
 refuse to serve otherwise (never a silent dense fallback).
@@ -25,7 +25,14 @@ from server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-SHIPPED_PROFILE = Path(profiles.__file__).resolve().parent / "smollm2-135m-instruct.json"
+PROFILES_DIR = Path(profiles.__file__).resolve().parent
+SHIPPED_PROFILE = PROFILES_DIR / "smollm2-135m-instruct.json"
+"""The default model's profile, at its native RoPE."""
+
+
+def shipped_profiles() -> list[Path]:
+    """Every profile shipped in ``profiles/`` (one per model and RoPE variant)."""
+    return sorted(PROFILES_DIR.glob("*.json"))
 
 
 class SparseSetupError(RuntimeError):
@@ -69,15 +76,18 @@ def resolve_profile(settings: ServerSettings, model_dir: Path) -> tuple[Path, Pr
         profile = load_profile(settings.profile)
         check_fingerprint(profile, model, str(settings.profile))
         return settings.profile, profile
-    shipped = load_profile(SHIPPED_PROFILE)
-    try:
-        check_fingerprint(shipped, model, str(SHIPPED_PROFILE))
-    except ProfileError as exc:
-        raise SparseSetupError(
-            f"no sparse profile for {model_dir} (the shipped one is for another model: {exc}); "
-            "build one with `sparse-serve profile build` and pass --profile, or pass --no-sparse"
-        ) from None
-    return SHIPPED_PROFILE, shipped
+    errors = []
+    for path in shipped_profiles():
+        shipped = load_profile(path)
+        try:
+            check_fingerprint(shipped, model, str(path))
+        except ProfileError as exc:
+            errors.append(str(exc))
+            continue
+        return path, shipped
+    raise SparseSetupError(
+        f"no sparse profile for {model_dir}: no shipped profile matches it\n" + "\n".join(errors)
+        + "\nbuild one with `sparse-serve profile build --model DIR` and pass --profile, or pass --no-sparse")
 
 
 def arm(settings: ServerSettings, model_dir: Path) -> SparseSetup | None:

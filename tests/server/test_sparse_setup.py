@@ -12,6 +12,7 @@ import pytest
 from attention_backends.plugin_config import ENV_VAR, PluginConfig
 from profiles.schema import ProfileError
 from server.settings import ServerSettings
+from server.rope_variant import yarn_variant
 from server.sparse_setup import SHIPPED_PROFILE, SparseSetupError, arm, resolve_profile
 
 
@@ -89,3 +90,16 @@ def test_arm_exports_the_plugin_config_and_creates_counters(model_dir: Path, mon
 def test_profile_errors_are_profile_errors(tmp_path: Path, model_dir: Path) -> None:
     with pytest.raises(ProfileError, match="cannot read profile"):
         resolve_profile(ServerSettings(model=model_dir, profile=tmp_path / "missing.json"), model_dir)
+
+
+@pytest.mark.parametrize("factor", [4, 8])
+def test_a_yarn_variant_gets_the_profile_calibrated_on_it_or_a_clear_refusal(model_dir: Path, factor: int) -> None:
+    variant = yarn_variant(model_dir, 8192 * factor)
+    settings = ServerSettings(model=variant)
+    if factor == 4:
+        path, profile = resolve_profile(settings, variant)
+        assert path.name == "smollm2-135m-instruct-yarn4x.json"
+        assert profile.model.rope_type == "yarn" and profile.model.rope_factor == 4.0
+    else:
+        with pytest.raises(SparseSetupError, match=r"\$\.model\.rope_factor: profile has 4\.0, model has 8\.0"):
+            resolve_profile(settings, variant)
