@@ -2,9 +2,9 @@
 
 Starts ``sparse-serve serve`` twice from this process, same settings: once ``--no-sparse`` (plain
 vLLM attention) and once with the per-head profile. The default model is extended with YaRN to
-the longest length; the shipped profile (calibrated at the native 8K) is re-bound to the
-extended model's fingerprint. For every length, a fresh synthetic document of exactly that many
-prompt tokens (prefix caching off) is sent with ``max_tokens=1`` and the client measures the
+the longest length; the shipped profile calibrated on that variant is used, else the native one
+re-bound to the extended model's fingerprint (an approximation, printed). For every length, a
+fresh synthetic document of exactly that many prompt tokens (prefix caching off) is sent with ``max_tokens=1`` and the client measures the
 first streamed token. Rows: ``seq_len, dense_ttft_s, sparse_ttft_s, speedup``, plus whether
 both runs answered the document's retrieval question the same way.
 
@@ -30,7 +30,7 @@ from profiles.schema import fingerprint_from_dir, load_profile, save_profile  # 
 from profiles.variants import transfer  # noqa: E402
 from server.model_prep import ensure_model  # noqa: E402
 from server.rope_variant import yarn_variant  # noqa: E402
-from server.sparse_setup import SHIPPED_PROFILE  # noqa: E402
+from server.sparse_setup import SHIPPED_PROFILE, shipped_profiles  # noqa: E402
 from tests.conftest import start_server, stop_server  # noqa: E402
 
 
@@ -43,6 +43,19 @@ def prompt_of(tokenizer, length: int, seed: int) -> tuple[list[int], str]:
     question = tokenizer.encode(doc.question, add_special_tokens=False)
     body = tokenizer.encode(doc.body, add_special_tokens=False)[: length - len(question)]
     return body + question, doc.answer
+
+
+def shipped_profile_for(model: Path, fallback: Path) -> Path:
+    """The shipped profile calibrated on ``model``'s RoPE variant, else the native one re-bound to it."""
+    fingerprint = fingerprint_from_dir(model)
+    for path in shipped_profiles():
+        if load_profile(path).model == fingerprint:
+            print(f"profile: {path.name} (calibrated on this RoPE variant)", flush=True)
+            return path
+    print(f"profile: {SHIPPED_PROFILE.name} re-bound to {model.name} (calibrated at native RoPE: approximate)",
+          flush=True)
+    save_profile(transfer(load_profile(SHIPPED_PROFILE), fingerprint), fallback)
+    return fallback
 
 
 def measure(server, prompts: dict[int, list[int]], answer_tokens: int) -> dict[int, tuple[float, str]]:
@@ -78,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(model)
     prompts = {n: prompt_of(tokenizer, n, seed=n) for n in lengths}
     work = Path(tempfile.mkdtemp(prefix="ttft-"))
-    profile = work / "profile.json"
-    save_profile(transfer(load_profile(SHIPPED_PROFILE), fingerprint_from_dir(model)), profile)
+    profile = shipped_profile_for(model, work / "profile.json")
     common = ["--dtype", args.dtype, "--max-model-len", str(max(lengths) + args.answer_tokens + 64),
               "--max-num-batched-tokens", str(args.chunk), "--no-enable-prefix-caching",
               "--gpu-memory-utilization", "0.3"]
