@@ -75,7 +75,7 @@ class Engine:
               stat_loggers: list[Callable[..., Any]] | None = None) -> "Engine":
         t0 = time.perf_counter()
         if not on_cuda():
-            apply_cpu_binding(settings.cpu_bind, settings.tensor_parallel_size * settings.pipeline_parallel_size)
+            apply_cpu_binding(settings.cpu_bind, settings.world_size)
         llm = AsyncLLM.from_engine_args(engine_args(settings, model_dir), stat_loggers=stat_loggers)
         max_len = llm.vllm_config.model_config.max_model_len
         logger.info("engine ready in %.1f s: %s (max_model_len %d, dtype %s)",

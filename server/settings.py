@@ -18,6 +18,11 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "sparse-serve"
 DEFAULT_SPARSE_THRESHOLD = 4096
 
 
+def world_size(tensor_parallel_size: int, pipeline_parallel_size: int) -> int:
+    """Engine ranks of a deployment: tensor-parallel ranks x pipeline stages."""
+    return tensor_parallel_size * pipeline_parallel_size
+
+
 class ServerSettings(BaseSettings):
     """Configuration of `sparse-serve serve` (engine, HTTP front end, limits)."""
 
@@ -107,10 +112,15 @@ class ServerSettings(BaseSettings):
         "info", description="Log level of the server."
     )
 
+    @property
+    def world_size(self) -> int:
+        """Engine ranks: tensor-parallel ranks x pipeline stages."""
+        return world_size(self.tensor_parallel_size, self.pipeline_parallel_size)
+
     @field_validator("cpu_bind")
     @classmethod
     def _bind_per_rank(cls, value: str, info: ValidationInfo) -> str:
-        check_bind(value, info.data.get("tensor_parallel_size", 1) * info.data.get("pipeline_parallel_size", 1))
+        check_bind(value, world_size(info.data.get("tensor_parallel_size", 1), info.data.get("pipeline_parallel_size", 1)))
         return value
 
     @field_validator("served_model_name")
