@@ -76,8 +76,11 @@ def test_ctrl_c_writes_partial_report(fault_server, smollm_tokenizer, tmp_path: 
     server, url = fault_server(modes=("ok", "ok", "ok", "slow_first"), slow_first_s=60.0)
     command = [sys.executable, "-m", "loadtests", "--base-url", url, "--num-prompts", "8", "--max-concurrency", "4",
                "--num-warmups", "0", *common(smollm_tokenizer, tmp_path)]
+    # as from a terminal: a background job of a non-interactive shell (e.g. `nohup make test &`) inherits
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     process = subprocess.Popen(command, cwd=Path(__file__).parents[2], env=os.environ | {"PYTHONUNBUFFERED": "1"},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while server.requests < 5 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
