@@ -62,8 +62,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare_model(args: argparse.Namespace) -> int:
+    from server.rope_variant import yarn_variant
+
     path = ensure_model(args.cache_dir)
-    print(path)
+    print(yarn_variant(path, args.context) if args.context else path)
     return 0
 
 
@@ -92,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(SmolLM2-135M-Instruct); print its folder.")
     prep.add_argument("--cache-dir", type=Path, default=None,
                       help=f"cache root [env SPARSE_SERVE_CACHE_DIR; default {default_cache_dir()}]")
+    prep.add_argument("--context", type=int, default=None, metavar="TOKENS",
+                      help="also make the YaRN-extended variant covering TOKENS (factor: next power of 2 "
+                      "over the native 8K; weights shared by symlinks) and print that folder instead")
     prep.set_defaults(func=_cmd_prepare_model)
 
     for name, module, summary in _TOOLS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 import time
@@ -29,6 +30,17 @@ def test_cli_prints_model_dir(model_dir):
     out = subprocess.run([sys.executable, "-m", "server.cli", "prepare-model"], text=True,
                          capture_output=True, timeout=120, check=True)
     assert out.stdout.strip() == str(model_dir)
+
+
+def test_cli_prints_the_yarn_variant_covering_a_context(model_dir):
+    out = subprocess.run([sys.executable, "-m", "server.cli", "prepare-model", "--context", "20000"], text=True,
+                         capture_output=True, timeout=120, check=True)
+    variant = Path(out.stdout.strip())
+    assert variant == model_dir.with_name(f"{model_dir.name}-yarn4x")
+    config = json.loads((variant / "config.json").read_text())
+    assert config["max_position_embeddings"] == 32768
+    assert config["rope_parameters"]["factor"] == 4.0 and config["rope_parameters"]["rope_type"] == "yarn"
+    assert (variant / "model.safetensors").resolve() == (model_dir / "model.safetensors").resolve()
 
 
 def test_pip_failure_is_a_clear_error(tmp_path, monkeypatch):
