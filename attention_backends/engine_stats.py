@@ -9,7 +9,8 @@ tensor-parallel rank 0 adds to it, and ``/metrics`` reads it. Slots:
 selected it); ``sparse_tokens`` / ``dense_tokens``: prefill tokens run sparse / dense (counted
 once per segment, at the model's first layer); ``fallback[reason]``: sparse-eligible segments
 that ran dense, per reason; ``kept[layer]`` / ``causal[layer]``: pairs computed and causal
-pairs of sparse segments, per layer (their ratio is the layer's mean density).
+pairs of sparse segments, per layer (their ratio is the layer's mean density); ``kv[name]``:
+compressed decode (:mod:`kvcache`), see :data:`KV_COUNTERS` and :data:`KV_GAUGES`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ import numpy as np
 FALLBACK_REASONS = ("short_segment", "error")
 """Why a sparse-eligible prefill segment ran dense (each is logged and counted)."""
 
+KV_COUNTERS = ("decode_steps", "positions_read", "offload_read_bytes", "cache_hits", "cache_misses", "unknown_request",
+               "errors")
+"""Compressed decode, summed: (row, layer, group) steps through a store, positions they read, bytes
+copied from the offload tier, NOSA resident-cache hits / misses, decode rows whose request the
+connector did not name and compressed steps that raised (both keep the dense kernel's output;
+logged)."""
+
+KV_GAUGES = ("pool_bytes", "offload_bytes", "stores")
+"""Compressed decode, current: bytes held by the stores of live requests on each tier, and requests holding stores."""
+
 _HEADER = 3  # active, sparse_tokens, dense_tokens
 
 
@@ -30,7 +41,8 @@ class EngineStats:
     def __init__(self, path: Path, num_layers: int, *, create: bool = False) -> None:
         self.path = Path(path)
         self.num_layers = num_layers
-        size = _HEADER + len(FALLBACK_REASONS) + 2 * num_layers
+        self._kv_base = _HEADER + len(FALLBACK_REASONS) + 2 * num_layers
+        size = self._kv_base + len(KV_COUNTERS) + len(KV_GAUGES)
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             np.zeros(size, dtype=np.float64).tofile(self.path)
@@ -54,6 +66,17 @@ class EngineStats:
         self._slots[base + layer] += kept
         self._slots[base + self.num_layers + layer] += causal
 
+    def add_kv(self, **counts: int) -> None:
+        """Add to :data:`KV_COUNTERS` by name."""
+        for name, n in counts.items():
+            self._slots[self._kv_base + KV_COUNTERS.index(name)] += n
+
+    def set_kv(self, **levels: int) -> None:
+        """Set :data:`KV_GAUGES` by name."""
+        base = self._kv_base + len(KV_COUNTERS)
+        for name, n in levels.items():
+            self._slots[base + KV_GAUGES.index(name)] = n
+
     # ---------------------------------------------------------------- reader side
     @property
     def active_layers(self) -> int:
@@ -76,3 +99,8 @@ class EngineStats:
         kept = self._slots[base : base + self.num_layers]
         causal = self._slots[base + self.num_layers : base + 2 * self.num_layers]
         return {i: float(kept[i] / causal[i]) for i in range(self.num_layers) if causal[i] > 0}
+
+    def kv(self) -> dict[str, int]:
+        """Every compressed-decode counter and gauge by name."""
+        names = KV_COUNTERS + KV_GAUGES
+        return {n: int(self._slots[self._kv_base + i]) for i, n in enumerate(names)}

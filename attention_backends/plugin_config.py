@@ -30,6 +30,10 @@ class PluginConfig(BaseModel):
                             "dense (the question at the end of a prompt reads the whole context).")
     executor: Literal["gather", "flex", "triton", "reference"] | None = Field(
         None, description="Sparse executor. Default: gather on CPU, triton on CUDA.")
+    kv_policies: bool = Field(False, description="Decode through the profile's compressed KV policies "
+                              "(kvcache/); needs the sparse-serve KV connector in the engine.")
+    kv_threshold: int = Field(4096, ge=1, description="Decode steps of requests with a shorter context "
+                              "read the exact KV through the wrapped backend.")
     stats_path: Path | None = Field(None, description="Shared counters file the server reads.")
 
     def to_env(self) -> None:

@@ -14,6 +14,13 @@ SGLang do it:
 
 Segments too short to plan (fewer than ``min_segment`` new tokens) and segments whose sparse
 path raises run dense; both are logged and counted as fallbacks (``engine_stats``).
+
+With compressed decode on (``kv_policies``), decode rows of requests whose context reaches
+``kv_threshold`` are also planned: after vLLM's kernel, the query heads of the layer's
+compressed KV groups (:mod:`kvcache.head_policy`) are recomputed from the request's store
+(:mod:`kvcache.decode_step`); the KV connector (:mod:`kvcache.vllm_connector`) names the
+request of each row and frees stores when requests end. vLLM's kernel still runs every head
+(its output for the compressed heads is replaced), so this path saves no time yet.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch
 from vllm import _custom_ops as ops
 from vllm.config import VllmConfig
 from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+from vllm.distributed.kv_transfer import has_kv_transfer_group
 from vllm.model_executor.models.utils import extract_layer_index
 from vllm.v1.attention.backend import AttentionType, CommonAttentionMetadata
 from vllm.v1.attention.backends.cpu_attn import (
@@ -37,6 +45,10 @@ from vllm.v1.attention.backends.cpu_attn import (
 )
 from vllm.v1.kv_cache_interface import AttentionSpec
 
+from kvcache.decode_step import RopeSpec, group_decode
+from kvcache.head_policy import KvPlan
+from kvcache.rope import model_rope
+from kvcache.vllm_connector import STEP_END_HOOKS, STORES, request_at_slot
 from profiles.schema import load_profile
 
 from .engine_stats import EngineStats
@@ -56,6 +68,7 @@ class _Runtime:
     plan: HeadPlan
     stats: EngineStats | None
     tp_rank: int
+    kv_plan: KvPlan | None
 
 
 @lru_cache(maxsize=1)
@@ -71,7 +84,12 @@ def runtime() -> _Runtime:
         stats = EngineStats(config.stats_path, profile.model.num_layers)
     logger.info("sparse prefill: profile %s, threshold %d, rank %d/%d (query heads %s)",
                 config.profile, config.threshold, tp_rank, tp_size, plan.global_heads)
-    return _Runtime(config=config, plan=plan, stats=stats, tp_rank=tp_rank)
+    kv_plan = KvPlan.from_profile(profile, plan.global_heads) if config.kv_policies else None
+    if kv_plan is not None and stats is not None:
+        def publish(stats: EngineStats = stats) -> None:
+            stats.set_kv(pool_bytes=STORES.pool_bytes(), offload_bytes=STORES.offload_bytes(), stores=len(STORES))
+        STEP_END_HOOKS.append(publish)
+    return _Runtime(config=config, plan=plan, stats=stats, tp_rank=tp_rank, kv_plan=kv_plan)
 
 
 def check_cache_layout(isa: str, dtype: torch.dtype, block_size: int, head_size: int) -> None:
@@ -103,11 +121,27 @@ class Segment:
     block_ids: torch.Tensor
 
 
+@dataclass(frozen=True)
+class KvRow:
+    """One decode row of a long request: its row in the batch, the slot it writes, its context."""
+
+    row: int
+    slot: int
+    seq_len: int
+    block_ids: torch.Tensor
+
+
 @dataclass
 class BatchPlan:
-    """Split of one batch into vLLM-kernel rows and sparse segments."""
+    """Split of one batch into vLLM-kernel rows and sparse segments, plus the compressed-decode rows.
+
+    Without segments every row runs vLLM's kernel; ``kv_rows`` then replace its output for the
+    compressed heads.
+    """
 
     segments: list[Segment]
+    kv_rows: list[KvRow] = field(default_factory=list)
+    rope: RopeSpec | None = None
     dense_rows: torch.Tensor | None = None
     dense_metadata: CPUAttentionMetadata | None = None
 
@@ -127,6 +161,12 @@ class SparseCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         check_cache_layout(self.isa, self.dtype, self.block_size, self.head_dim)
         rt = runtime()
         self._config = rt.config
+        self._rope: RopeSpec | None = None
+        if rt.kv_plan is not None:
+            if not has_kv_transfer_group():
+                raise RuntimeError("compressed decode (kv_policies) needs the sparse-serve KV connector "
+                                   "(kv_transfer_config); start the engine through `sparse-serve serve`")
+            self._rope = RopeSpec(*model_rope(vllm_config.model_config.hf_config))
         # count tokens once per batch: on TP rank 0 of the pipeline stage holding layer 0
         has_first_layer = any(extract_layer_index(name) == 0 for name in layer_names)
         self._stats = rt.stats if has_first_layer else None
@@ -141,10 +181,14 @@ class SparseCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         qsl = cm.query_start_loc_cpu.tolist()
         seq_lens = cm.seq_lens.cpu().tolist()
         segments: list[Segment] = []
+        kv_rows: list[KvRow] = []
         dense_reqs: list[int] = []
         dense_prefill = 0
+        slots = cm.slot_mapping.cpu() if self._rope is not None else None
         for i in range(cm.num_reqs):
             q_len, seq_len = qsl[i + 1] - qsl[i], seq_lens[i]
+            if slots is not None and q_len == 1 and seq_len >= self._config.kv_threshold:
+                kv_rows.append(KvRow(qsl[i], int(slots[qsl[i]]), seq_len, cm.block_table_tensor[i]))
             long_context = q_len > 1 and seq_len >= self._config.threshold
             if long_context and q_len >= self._config.min_segment:
                 segments.append(Segment(qsl[i], qsl[i + 1], seq_len, cm.block_table_tensor[i]))
@@ -156,10 +200,10 @@ class SparseCPUMetadataBuilder(CPUAttentionMetadataBuilder):
                 self._stats.add_fallback("short_segment")
         if self._stats is not None:
             self._stats.add_tokens(sum(s.q_end - s.q_start for s in segments), dense_prefill)
-        if not segments:
+        if not segments and not kv_rows:
             return SparsePrefillMetadata(**fields)
-        plan = BatchPlan(segments=segments)
-        if dense_reqs:
+        plan = BatchPlan(segments=segments, kv_rows=kv_rows, rope=self._rope)
+        if segments and dense_reqs:
             plan.dense_rows, sub = self._sub_batch(cm, dense_reqs)
             plan.dense_metadata = super().build(0, sub, fast_build)
         return SparsePrefillMetadata(**fields, plan=plan)
@@ -212,9 +256,12 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,  # type: ignore[override]
                 output_scale=None, output_block_scale=None):
         plan = getattr(attn_metadata, "plan", None)
-        if plan is None:
-            return super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
-                                   output_scale, output_block_scale)
+        if plan is None or not plan.segments:
+            super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
+                            output_scale, output_block_scale)
+            if plan is not None:
+                self._compressed_decode(layer, query, key, value, kv_cache, plan, output)
+            return output
         if plan.dense_rows is not None:
             rows = plan.dense_rows
             dense_out = output.new_empty((rows.numel(), *output.shape[1:]))
@@ -241,7 +288,41 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                 if stats is not None:
                     stats.add_pairs(layer_idx, pairs.kept_pairs, pairs.causal_pairs)
             output[seg.q_start:seg.q_end] = out.transpose(0, 1).to(output.dtype)
+        self._compressed_decode(layer, query, key, value, kv_cache, plan, output)
         return output
+
+    def _compressed_decode(self, layer, query, key, value, kv_cache, plan: BatchPlan, output) -> None:
+        """Replace the compressed heads' output of every planned decode row by its store's attention."""
+        rt = self._runtime
+        if not plan.kv_rows or rt.kv_plan is None or plan.rope is None:
+            return
+        layer_idx, _ = self._groups(layer)
+        groups = rt.kv_plan.groups(layer_idx)
+        stats = rt.stats
+        for row in plan.kv_rows:
+            request = request_at_slot(row.slot)
+            if request is None:
+                logger.warning("layer %d: no request writes slot %d; decode row keeps the exact KV", layer_idx, row.slot)
+                if stats is not None:
+                    stats.add_kv(unknown_request=1)
+                continue
+            for g, group in enumerate(groups):
+                def context(row: KvRow = row) -> tuple[torch.Tensor, torch.Tensor]:
+                    return gather_sequence_kv(kv_cache, row.block_ids, row.seq_len)
+                try:
+                    out, st = group_decode(STORES, request, (layer_idx, g), group, query[row.row], key[row.row],
+                                           value[row.row], row.seq_len - 1, context, plan.rope, self.scale)
+                except Exception:  # noqa: BLE001 - the row keeps vLLM's exact output, counted
+                    logger.exception("compressed decode failed on layer %d for request %s; exact KV used",
+                                     layer_idx, request)
+                    STORES.free(request)
+                    if stats is not None:
+                        stats.add_kv(errors=1)
+                    break
+                output[row.row, list(group.q_heads)] = out.to(output.dtype)
+                if stats is not None:
+                    stats.add_kv(decode_steps=1, positions_read=sum(st.positions), offload_read_bytes=st.offload_bytes_read,
+                                 cache_hits=st.cache_hits, cache_misses=st.cache_misses)
 
 
 class SparseCPUAttentionBackend(CPUAttentionBackend):

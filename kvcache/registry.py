@@ -1,9 +1,10 @@
-"""Registry of the KV stores of live requests: one store per (request id, layer), freed per request.
+"""Registry of the KV stores of live requests: one store per (request id, key), freed per request.
 
 The engine creates a request's stores at prefill, reads them at each decode step and frees them
 when the request finishes, is aborted or is preempted. A preempted request that is recomputed
-calls :meth:`StoreRegistry.create` again: the old store of that (request, layer) is freed and
-a fresh one replaces it. Totals over all stores make leaks observable (they must return to 0).
+calls :meth:`StoreRegistry.create` again: the old store of that (request, key) is freed and
+a fresh one replaces it. The key names the store within the request: a layer, or (layer, group)
+when a layer's KV heads are split over several policies. Totals over all stores make leaks observable (they must return to 0).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from .store import AnyKvParams, SequenceKvStore
 
 
 class StoreRegistry:
-    """``{request_id: {layer: SequenceKvStore}}`` with byte totals."""
+    """``{request_id: {key: SequenceKvStore}}`` with byte totals."""
 
     def __init__(self) -> None:
-        self._stores: dict[Hashable, dict[int, SequenceKvStore]] = {}
+        self._stores: dict[Hashable, dict[Hashable, SequenceKvStore]] = {}
 
     def __len__(self) -> int:
         """Number of requests holding stores."""
@@ -26,21 +27,25 @@ class StoreRegistry:
     def __contains__(self, request_id: Hashable) -> bool:
         return request_id in self._stores
 
-    def create(self, request_id: Hashable, layer: int, params: AnyKvParams, num_kv_heads: int, head_dim: int, **kwargs: object) -> SequenceKvStore:
-        """A fresh store for ``(request_id, layer)`` (an existing one is freed first); ``kwargs`` go to :class:`SequenceKvStore`."""
-        layers = self._stores.setdefault(request_id, {})
-        if layer in layers:
-            layers.pop(layer).free()
+    def create(self, request_id: Hashable, key: Hashable, params: AnyKvParams, num_kv_heads: int, head_dim: int, **kwargs: object) -> SequenceKvStore:
+        """A fresh store for ``(request_id, key)`` (an existing one is freed first); ``kwargs`` go to :class:`SequenceKvStore`."""
+        stores = self._stores.setdefault(request_id, {})
+        if key in stores:
+            stores.pop(key).free()
         store = SequenceKvStore(params, num_kv_heads, head_dim, **kwargs)
-        layers[layer] = store
+        stores[key] = store
         return store
 
-    def get(self, request_id: Hashable, layer: int) -> SequenceKvStore:
-        """The store of ``(request_id, layer)``; ``KeyError`` if there is none."""
+    def get(self, request_id: Hashable, key: Hashable) -> SequenceKvStore:
+        """The store of ``(request_id, key)``; ``KeyError`` if there is none."""
         try:
-            return self._stores[request_id][layer]
+            return self._stores[request_id][key]
         except KeyError:
-            raise KeyError(f"no KV store for request {request_id!r}, layer {layer}") from None
+            raise KeyError(f"no KV store for request {request_id!r}, key {key!r}") from None
+
+    def find(self, request_id: Hashable, key: Hashable) -> SequenceKvStore | None:
+        """The store of ``(request_id, key)``, or ``None``."""
+        return self._stores.get(request_id, {}).get(key)
 
     def free(self, request_id: Hashable) -> int:
         """Free every store of a request (no-op if unknown); returns the bytes released (both tiers)."""

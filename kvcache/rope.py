@@ -72,3 +72,23 @@ def apply_rope(
     cos, sin = rope_cos_sin(positions.to(x.device), inv_freq.to(x.device), attention_scaling)
     xf = x.float()
     return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+def remove_rope(
+    x: torch.Tensor, positions: torch.Tensor, *, inv_freq: torch.Tensor, attention_scaling: float = 1.0
+) -> torch.Tensor:
+    """Undo :func:`apply_rope`: the pre-RoPE ``[H, L, D]`` of keys rotated at ``positions``.
+
+    A rotation by ``-angle`` divided by the cos/sin multiplier; exact up to float32 round-off.
+    The engine's paged cache holds rotated keys only, and this recovers the pre-RoPE keys a
+    low-rank fit needs.
+    """
+    return apply_rope(x, -positions, inv_freq=inv_freq, attention_scaling=1.0 / attention_scaling)
+
+
+def model_rope(config: object) -> tuple[torch.Tensor, float]:
+    """``inv_freq float32 [D/2]`` and ``attention_scaling`` of a Llama-family HF config (YaRN etc. included)."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    emb = LlamaRotaryEmbedding(config=config)
+    return emb.inv_freq.float().cpu(), float(emb.attention_scaling)

@@ -17,7 +17,7 @@ from attention_backends.patterns import (
     VerticalSlashParams,
 )
 
-from .schema import ModelFingerprint, Profile
+from .schema import KvChoice, ModelFingerprint, Profile
 
 EVERYTHING = 1 << 24
 """A budget larger than any context we serve (16M tokens)."""
@@ -43,6 +43,21 @@ def full_budget(profile: Profile) -> Profile:
     layers = [
         layer.model_copy(update={"heads": [h.model_copy(update={"prefill": full_budget_params(h.prefill)})
                                            for h in layer.heads]})
+        for layer in profile.layers
+    ]
+    return profile.model_copy(update={"layers": layers})
+
+
+def exact_kv(profile: Profile, policy: str = "shadowkv") -> Profile:
+    """``profile`` with every head's KV policy set to ``policy`` at full rank and a budget covering any context.
+
+    The compressed decode path then runs whole (low-rank fit, landmarks, selection, offload
+    reads) yet keeps every position and reconstructs keys to float round-off: serving it must
+    reproduce dense greedy outputs, which is how the engine's KV integration is tested.
+    """
+    choice = KvChoice(policy=policy, params={"rank": float(EVERYTHING), "budget": float(EVERYTHING)})
+    layers = [
+        layer.model_copy(update={"heads": [h.model_copy(update={"kv": choice}) for h in layer.heads]})
         for layer in profile.layers
     ]
     return profile.model_copy(update={"layers": layers})

@@ -20,6 +20,7 @@ from vllm.inputs import TokensPrompt
 from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from kvcache.vllm_connector import kv_transfer_config
 from server.cpu_host import apply_cpu_binding, cpu_flags, resolve_dtype
 from server.settings import ServerSettings
 
@@ -38,6 +39,8 @@ def engine_args(settings: ServerSettings, model_dir: Path) -> AsyncEngineArgs:
         extra["max_num_seqs"] = settings.max_num_seqs
     if settings.max_num_batched_tokens is not None:
         extra["max_num_batched_tokens"] = settings.max_num_batched_tokens
+    if settings.sparse and settings.kv_policies:
+        extra["kv_transfer_config"] = kv_transfer_config()
     if settings.distributed_executor_backend is not None:
         extra["distributed_executor_backend"] = settings.distributed_executor_backend
     return AsyncEngineArgs(

@@ -34,7 +34,7 @@ async def _serve(settings: ServerSettings) -> None:
         raise SystemExit(f"sparse-serve: {exc}") from None
     metrics = ServerMetrics(served_name(settings, model_dir))
     if sparse is not None:
-        metrics.add_sparse_collector(sparse.stats, sparse.pattern_counts)
+        metrics.add_sparse_collector(sparse.stats, sparse.pattern_counts, sparse.kv_counts)
     engine = Engine.start(settings, model_dir, stat_loggers=[metrics.stat_logger_factory()])
     if sparse is not None:
         try:

@@ -15,7 +15,7 @@ from vllm.config import VllmConfig
 from vllm.v1.metrics.loggers import StatLoggerBase
 from vllm.v1.metrics.stats import IterationStats, SchedulerStats
 
-from attention_backends.engine_stats import EngineStats
+from attention_backends.engine_stats import KV_COUNTERS, EngineStats
 
 P = "sparse_serve:"
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0,
@@ -54,9 +54,13 @@ class ServerMetrics:
                                labels, registry=r).labels(model_name)
         self._model = model_name
 
-    def add_sparse_collector(self, stats: EngineStats, pattern_counts: dict[str, int]) -> None:
-        """Export the sparse backend's counters (written by the engine process) on /metrics."""
-        self.registry.register(_SparseCollector(stats, self._model, pattern_counts))
+    def add_sparse_collector(self, stats: EngineStats, pattern_counts: dict[str, int],
+                             kv_counts: dict[str, int] | None = None) -> None:
+        """Export the sparse backend's counters (written by the engine process) on /metrics.
+
+        ``kv_counts``: KV heads per decode policy when compressed decode is on (else no KV metrics).
+        """
+        self.registry.register(_SparseCollector(stats, self._model, pattern_counts, kv_counts))
 
     def finished(self, reason: str) -> None:
         self._finished.labels(self._model, reason).inc()
@@ -122,8 +126,9 @@ class RequestClock:
 class _SparseCollector(Collector):
     """Sparse-prefill counters read from the engine's shared stats file at scrape time."""
 
-    def __init__(self, stats: EngineStats, model_name: str, pattern_counts: dict[str, int]) -> None:
-        self.stats, self.model, self.patterns = stats, model_name, pattern_counts
+    def __init__(self, stats: EngineStats, model_name: str, pattern_counts: dict[str, int],
+                 kv_counts: dict[str, int] | None) -> None:
+        self.stats, self.model, self.patterns, self.kv_counts = stats, model_name, pattern_counts, kv_counts
 
     def collect(self):
         labels = ["model_name"]
@@ -146,3 +151,32 @@ class _SparseCollector(Collector):
         for pattern, count in self.patterns.items():
             heads.add_metric([self.model, pattern], count)
         yield from (sparse, dense, fallbacks, density, heads)
+        if self.kv_counts is not None:
+            yield from self._kv_metrics(labels)
+
+    def _kv_metrics(self, labels: list[str]):
+        policies = GaugeMetricFamily(f"{P}kv_policy_heads", "KV heads (all layers) per decode-time KV "
+                                     "policy in the active profile.", labels=labels + ["policy"])
+        for policy, count in (self.kv_counts or {}).items():
+            policies.add_metric([self.model, policy], count)
+        yield policies
+        kv = self.stats.kv()
+        for name, help_text in KV_HELP.items():
+            family = CounterMetricFamily if name in KV_COUNTERS else GaugeMetricFamily
+            metric = family(f"{P}kv_{name}", help_text, labels=labels)
+            metric.add_metric([self.model], kv[name])
+            yield metric
+
+
+KV_HELP = {
+    "decode_steps": "Decode steps (row x layer x KV group) run through compressed KV stores.",
+    "positions_read": "KV positions read by compressed decode steps (summed over KV heads).",
+    "offload_read_bytes": "Bytes of values copied from the offload tier by compressed decode.",
+    "cache_hits": "NOSA resident-cache chunk hits.",
+    "cache_misses": "NOSA resident-cache chunk misses (fetched from the offload tier).",
+    "unknown_request": "Decode rows the KV connector did not name (they used exact KV; logged).",
+    "errors": "Compressed decode steps that raised (they used exact KV; logged).",
+    "pool_bytes": "Bytes held on the pool tier by the compressed stores of live requests (TP rank 0).",
+    "offload_bytes": "Bytes held on the offload (host) tier by the stores of live requests (TP rank 0).",
+    "stores": "Requests holding compressed KV stores (TP rank 0).",
+}

@@ -102,6 +102,13 @@ class ServerSettings(BaseSettings):
         "dense/sparse crossover on CPU (README).")
     sparse: bool = Field(True, description="Sparse prefill from the profile; --no-sparse serves "
                          "with plain dense vLLM attention.")
+    kv_policies: bool = Field(
+        False, description="Decode long requests through the profile's compressed KV policies "
+        "(ShadowKV / NOSA / streaming stores per KV head, kvcache/). Experimental: vLLM's pool "
+        "still holds every token's KV, so this does not yet save pool memory. Needs sparse.")
+    kv_threshold: int = Field(
+        4096, ge=1, description="With --kv-policies: requests whose context is shorter decode "
+        "with the exact KV.")
     cpu_bind: str = Field(
         "auto", description="CPU host only: cores for the engine's OpenMP threads. auto: all of "
         "them on hosts with <= 4 CPUs (2.1x faster prefill measured on 2 cores), else vLLM's own "

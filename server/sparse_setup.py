@@ -20,6 +20,7 @@ import profiles
 from attention_backends.engine_stats import EngineStats
 from attention_backends.head_plan import pattern_counts
 from attention_backends.plugin_config import PluginConfig
+from kvcache.head_policy import kv_policy_counts
 from profiles.schema import Profile, ProfileError, check_fingerprint, fingerprint_from_dir, load_profile
 from server.settings import ServerSettings
 
@@ -52,6 +53,11 @@ class SparseSetup:
     def pattern_counts(self) -> dict[str, int]:
         return pattern_counts(self.profile)
 
+    @property
+    def kv_counts(self) -> dict[str, int] | None:
+        """KV heads per decode policy, or ``None`` when compressed decode is off."""
+        return kv_policy_counts(self.profile) if self.config.kv_policies else None
+
     def verify_engine(self) -> None:
         """Raise :class:`SparseSetupError` unless the engine built the sparse backend's layers."""
         if self.stats.active_layers == 0:
@@ -63,6 +69,10 @@ class SparseSetup:
         logger.info("attention backend: sparse-serve SparseCPUAttentionBackend (wraps CPU_ATTN) on "
                     "%d layers; profile %s: %s heads; sparse for prefill context >= %d tokens",
                     self.stats.active_layers, self.config.profile, counts, self.config.threshold)
+        if self.kv_counts is not None:
+            kv = ", ".join(f"{n} {p}" for p, n in self.kv_counts.items())
+            logger.info("compressed decode: KV heads %s; for context >= %d tokens (vLLM's pool still "
+                        "holds the full KV)", kv, self.config.kv_threshold)
 
     def close(self) -> None:
         PluginConfig.clear_env()
@@ -93,6 +103,8 @@ def resolve_profile(settings: ServerSettings, model_dir: Path) -> tuple[Path, Pr
 def arm(settings: ServerSettings, model_dir: Path) -> SparseSetup | None:
     """Validate the profile and export the plugin config; ``None`` when serving dense."""
     if not settings.sparse:
+        if settings.kv_policies:
+            raise SparseSetupError("--kv-policies needs the sparse backend; drop --no-sparse or --kv-policies")
         PluginConfig.clear_env()
         logger.info("attention backend: vLLM default (dense), --no-sparse")
         return None
@@ -104,6 +116,7 @@ def arm(settings: ServerSettings, model_dir: Path) -> SparseSetup | None:
     stats_path = Path(tmpdir.name) / "engine-stats.bin"
     stats = EngineStats(stats_path, profile.model.num_layers, create=True)
     config = PluginConfig(profile=path.resolve(), threshold=settings.sparse_threshold,
+                          kv_policies=settings.kv_policies, kv_threshold=settings.kv_threshold,
                           stats_path=stats_path)
     config.to_env()
     return SparseSetup(config=config, profile=profile, stats=stats, _tmpdir=tmpdir)

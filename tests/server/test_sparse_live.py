@@ -3,7 +3,10 @@
 Servers: the session's live server (sparse armed: shipped profile, default threshold), a
 ``--no-sparse`` server (plain vLLM), and a full-budget server (every head's pattern made
 exhaustive, threshold 256, 512-token prefill chunks) whose greedy outputs must equal dense
-exactly: that proves the paged KV reads, chunk boundaries, GQA and head mapping.
+exactly: that proves the paged KV reads, chunk boundaries, GQA and head mapping. A compressed-
+decode server (every KV head ShadowKV at full rank and budget, ``--kv-policies``) must equal
+dense too: that proves the stores' construction from the paged cache, the per-token extension,
+the request naming by the KV connector and the stores' release.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import concurrent.futures as cf
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -25,7 +29,7 @@ from loadtests.tokenizer import load_tokenizer
 from attention_backends.head_plan import rank_query_heads
 from attention_backends.patterns import AShapeParams
 from profiles.schema import load_profile, save_profile
-from profiles.variants import full_budget
+from profiles.variants import exact_kv, full_budget
 from server.sparse_setup import SHIPPED_PROFILE
 
 pytestmark = pytest.mark.slow
@@ -71,6 +75,25 @@ def full_budget_server(launch_server, tmp_path_factory):
     with launch_server("--profile", str(path), "--sparse-threshold", str(FULL_THRESHOLD),
                        "--max-num-batched-tokens", str(FULL_CHUNK)) as (_, server):
         yield server
+
+
+@pytest.fixture(scope="module")
+def exact_kv_server(launch_server, tmp_path_factory):
+    path = tmp_path_factory.mktemp("profile") / "exact-kv.json"
+    save_profile(exact_kv(full_budget(load_profile(SHIPPED_PROFILE))), path)
+    with launch_server("--profile", str(path), "--sparse-threshold", str(FULL_THRESHOLD), "--kv-policies",
+                       "--kv-threshold", str(FULL_THRESHOLD)) as (_, server):
+        yield server
+
+
+def _settled_kv_gauges(server, timeout_s: float = 20) -> dict[str, float]:
+    """Metrics once the compressed stores of finished requests are freed (bounded wait)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        samples = _metrics(server)
+        if _counter(samples, "kv_stores") == 0 or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +163,45 @@ def test_concurrent_long_and_short_requests_match_single(full_budget_server) -> 
     with cf.ThreadPoolExecutor(len(prompts)) as pool:
         together = list(pool.map(lambda p: _complete(full_budget_server, p)[0], prompts))
     assert together == single
+
+
+def test_exact_compressed_decode_equals_dense_and_frees_its_stores(exact_kv_server, dense_server) -> None:
+    before = _metrics(exact_kv_server)
+    for lines in (40, 70):  # ~0.75K and ~1.3K tokens
+        prompt = _document(lines, f"kv{lines}-") + " Which gate stores the most crates?"
+        ours, n = _complete(exact_kv_server, prompt, max_tokens=24)
+        assert n > FULL_THRESHOLD
+        assert ours == _complete(dense_server, prompt, max_tokens=24)[0]
+    after = _settled_kv_gauges(exact_kv_server)
+    steps = _counter(after, "kv_decode_steps_total") - _counter(before, "kv_decode_steps_total")
+    assert steps >= 2 * 23 * 30  # every generated token after the first, in every layer
+    assert _counter(after, "kv_positions_read_total") > _counter(before, "kv_positions_read_total")
+    assert _counter(after, "kv_offload_read_bytes_total") > 0  # values come from the offload tier
+    assert _counter(after, "kv_errors_total") == 0 and _counter(after, "kv_unknown_request_total") == 0
+    assert _counter(after, "kv_policy_heads", policy="shadowkv") == 30 * 3
+    assert _counter(after, "kv_stores") == 0 and _counter(after, "kv_pool_bytes") == 0
+    assert _counter(after, "kv_offload_bytes") == 0
+
+
+def test_compressed_stores_released_after_abort_concurrency_and_100_requests(exact_kv_server) -> None:
+    client = _client(exact_kv_server)
+    stream = client.completions.create(model=exact_kv_server.model, prompt=_document(40, "abort-"),
+                                       max_tokens=200, temperature=0, stream=True)
+    for _, _chunk in zip(range(4), stream):
+        pass
+    stream.close()  # the server aborts the request mid-decode
+    prompts = [_document(30 + 4 * i, f"conc{i}-") for i in range(4)]
+    single = [_complete(exact_kv_server, p, max_tokens=8)[0] for p in prompts]
+    with cf.ThreadPoolExecutor(len(prompts)) as pool:
+        assert list(pool.map(lambda p: _complete(exact_kv_server, p, max_tokens=8)[0], prompts)) == single
+    before = _metrics(exact_kv_server)
+    for i in range(100):
+        _complete(exact_kv_server, _document(16, f"seq{i}-"), max_tokens=2)  # ~300 tokens, one decode step
+    after = _settled_kv_gauges(exact_kv_server)
+    assert _counter(after, "kv_decode_steps_total") - _counter(before, "kv_decode_steps_total") >= 100 * 30
+    assert _counter(after, "kv_stores") == 0
+    assert _counter(after, "kv_pool_bytes") == 0 and _counter(after, "kv_offload_bytes") == 0
+    assert _counter(after, "kv_errors_total") == 0
 
 
 def test_needle_found_with_shipped_profile_as_with_dense(live_server, dense_server) -> None:

@@ -1,0 +1,120 @@
+"""From a per-head profile to the KV-head groups whose decode runs through compressed stores.
+
+A profile names a decode-time KV policy per *query* head (:mod:`profiles.kv_choice`), but a
+store holds *KV* heads, and under GQA one KV head serves ``Hq / Hkv`` query heads. A KV head
+therefore takes the most exact policy among its query heads (``full`` > ``shadowkv`` > ``nosa``
+> ``streaming``: NOSA is ShadowKV's selection with a locality constraint, streaming keeps the
+least), with that head's parameters. ``full`` KV heads are left to the engine's own kernel;
+every other policy becomes one :class:`KvGroup` per layer (KV heads sharing the same
+parameters), run through one store per request. Under tensor parallelism a rank sees only its
+query heads and the KV heads they read (vLLM's contiguous sharding, KV heads replicated when
+there are fewer than ranks). Pure (no vLLM import).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from profiles.schema import KvChoice, Profile
+
+from .params import KvPolicyParams, parse_kv_params
+from .store import AnyKvParams
+
+EXACTNESS = {"full": 3, "shadowkv": 2, "nosa": 1, "streaming": 0}
+"""Policy order used to merge the query heads of one KV head (higher keeps more)."""
+
+
+def policy_params(choice: KvChoice) -> AnyKvParams:
+    """The policy's parameters: defaults, overridden by the choice's params that are fields of the policy.
+
+    The profiler records statistics (recalls, low-rank errors) in ``params`` next to any
+    budget it set; only the policy's own fields (``rank``, ``budget``, ...) are taken.
+    """
+    model = type(parse_kv_params({"policy": choice.policy}))
+    fields = {k: (int(v) if float(v).is_integer() else v) for k, v in choice.params.items() if k in model.model_fields}
+    params: KvPolicyParams = parse_kv_params({"policy": choice.policy, **fields})
+    return params
+
+
+@dataclass(frozen=True)
+class KvGroup:
+    """Local KV heads sharing one compressed policy, and the local query heads reading them (KV-head order)."""
+
+    params: AnyKvParams
+    kv_heads: tuple[int, ...]
+    q_heads: tuple[int, ...]
+
+
+def rank_kv_heads(q_heads: range, num_q_heads: int, num_kv_heads: int) -> list[int]:
+    """Global KV heads read by the global query heads ``q_heads`` (ascending)."""
+    ratio = num_q_heads // num_kv_heads
+    return sorted({h // ratio for h in q_heads})
+
+
+def layer_kv_groups(choices: list[KvChoice], q_heads: range, num_q_heads: int, num_kv_heads: int,
+                    head_dim: int) -> tuple[KvGroup, ...]:
+    """Compressed KV groups of one layer for the rank owning global query heads ``q_heads``.
+
+    ``choices``: the layer's per-query-head choices (all ``num_q_heads``). Local indices: query
+    head ``h`` of the rank is ``q_heads[h]``; local KV head ``j`` is the ``j``-th KV head the
+    rank reads.
+    """
+    if num_q_heads % num_kv_heads:
+        raise ValueError(f"{num_q_heads} query heads are not a multiple of {num_kv_heads} KV heads")
+    ratio = num_q_heads // num_kv_heads
+    kv_global = rank_kv_heads(q_heads, num_q_heads, num_kv_heads)
+    grouped: dict[AnyKvParams, tuple[list[int], list[int]]] = {}
+    for local_kv, g in enumerate(kv_global):
+        readers = [h for h in q_heads if h // ratio == g]
+        best = max((choices[h] for h in readers), key=lambda c: EXACTNESS[c.policy])
+        if best.policy == "full":
+            continue
+        kv, q = grouped.setdefault(policy_params(best), ([], []))
+        kv.append(local_kv)
+        q.extend(h - q_heads.start for h in readers)
+    # a store factors its own KV heads' keys: the rank is capped at their concatenated width
+    return tuple(
+        KvGroup(params=_cap_rank(params, len(kv) * head_dim), kv_heads=tuple(kv), q_heads=tuple(q))
+        for params, (kv, q) in grouped.items()
+    )
+
+
+def _cap_rank(params: AnyKvParams, width: int) -> AnyKvParams:
+    rank = getattr(params, "rank", None)
+    return params if rank is None or rank <= width else params.model_copy(update={"rank": width})
+
+
+@dataclass(frozen=True)
+class KvPlan:
+    """Compressed KV groups of every layer for one tensor-parallel rank."""
+
+    layers: tuple[tuple[KvGroup, ...], ...]
+
+    @classmethod
+    def from_profile(cls, profile: Profile, q_heads: range) -> KvPlan:
+        m = profile.model
+        return cls(layers=tuple(
+            layer_kv_groups([h.kv for h in layer.heads], q_heads, m.num_q_heads, m.num_kv_heads, m.head_dim)
+            for layer in profile.layers
+        ))
+
+    def groups(self, layer: int) -> tuple[KvGroup, ...]:
+        if not 0 <= layer < len(self.layers):
+            raise ValueError(f"layer {layer} is not in the profile (it has {len(self.layers)} layers)")
+        return self.layers[layer]
+
+    @property
+    def any_compressed(self) -> bool:
+        return any(self.layers)
+
+
+def kv_policy_counts(profile: Profile) -> dict[str, int]:
+    """How many KV heads (all layers, whole model) run each policy after the GQA merge."""
+    m = profile.model
+    ratio = m.num_q_heads // m.num_kv_heads
+    counts = dict.fromkeys(EXACTNESS, 0)
+    for layer in profile.layers:
+        for g in range(m.num_kv_heads):
+            best = max((layer.heads[h].kv for h in range(g * ratio, (g + 1) * ratio)), key=lambda c: EXACTNESS[c.policy])
+            counts[best.policy] += 1
+    return counts

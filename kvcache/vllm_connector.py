@@ -1,0 +1,135 @@
+"""The vLLM adapter for the KV stores' lifecycle: a KV connector that names each step's requests.
+
+vLLM's attention backend sees batch rows, never request ids, and nothing tells it when a
+request ends. Its KV-transfer extension point does both: a connector class, loaded by module
+path through ``kv_transfer_config``, builds per-step metadata in the scheduler process and
+hands it to every worker before the forward pass. Ours carries
+
+* ``slots``: for every scheduled request, the KV-cache slot its first new token is written to.
+  A slot being written belongs to exactly one request, so the attention backend maps a batch
+  row to its request through the row's ``slot_mapping`` (:func:`request_at_slot`);
+* ``preempted``: requests whose KV vLLM dropped; their stores are freed (a recomputed request
+  starts a fresh store).
+
+Finished and aborted requests reach the worker through ``get_finished``; their stores are freed
+there. The stores themselves live in this process's :data:`STORES` (one per worker process).
+Nothing is transferred: the connector never loads or saves vLLM's paged KV.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+
+from .registry import StoreRegistry
+
+logger = logging.getLogger(__name__)
+
+CONNECTOR_NAME = "SparseServeKvConnector"
+MODULE_PATH = __name__
+
+STORES = StoreRegistry()
+"""KV stores of the live requests of this worker process."""
+
+_step_slots: dict[int, str] = {}
+
+STEP_END_HOOKS: list[Callable[[], None]] = []
+"""Called on the worker after every step, once finished requests' stores are freed (gauges)."""
+
+
+def request_at_slot(slot: int) -> str | None:
+    """Request that writes ``slot`` in the current step (``None`` outside a step or for an unknown slot)."""
+    return _step_slots.get(slot)
+
+
+def kv_transfer_config() -> dict[str, Any]:
+    """The ``kv_transfer_config`` engine argument that loads this connector."""
+    return {"kv_connector": CONNECTOR_NAME, "kv_connector_module_path": MODULE_PATH, "kv_role": "kv_both"}
+
+
+@dataclass
+class StepRequests(KVConnectorMetadata):
+    """One step's first written slot per request, and the requests preempted since the last step."""
+
+    slots: dict[int, str] = field(default_factory=dict)
+    preempted: set[str] = field(default_factory=set)
+
+
+class SparseServeKvConnector(KVConnectorBase_V1):
+    """Request identity and lifecycle for the compressed KV stores (no KV transfer)."""
+
+    def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None) -> None:
+        super().__init__(vllm_config, role, kv_cache_config)
+        self._block_size = vllm_config.cache_config.block_size
+        self._blocks: dict[str, list[int]] = {}  # scheduler side: group-0 block ids per request
+
+    # ---- scheduler side -------------------------------------------------------------------
+    def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[int, bool]:
+        return 0, False
+
+    def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
+        return
+
+    def build_connector_meta(self, scheduler_output: Any) -> StepRequests:
+        meta = StepRequests(preempted=set(scheduler_output.preempted_req_ids or ()))
+        for req in scheduler_output.scheduled_new_reqs:
+            self._blocks[req.req_id] = list(req.block_ids[0])
+            meta.slots[self._slot(req.req_id, req.num_computed_tokens)] = req.req_id
+        cached = scheduler_output.scheduled_cached_reqs
+        for i, req_id in enumerate(cached.req_ids):
+            new = cached.new_block_ids[i]
+            if req_id in cached.resumed_req_ids:
+                self._blocks[req_id] = list(new[0]) if new is not None else []
+            elif new is not None:
+                self._blocks.setdefault(req_id, []).extend(new[0])
+            meta.slots[self._slot(req_id, cached.num_computed_tokens[i])] = req_id
+        for req_id in scheduler_output.finished_req_ids:
+            self._blocks.pop(req_id, None)
+        return meta
+
+    def _slot(self, req_id: str, position: int) -> int:
+        return self._blocks[req_id][position // self._block_size] * self._block_size + position % self._block_size
+
+    def request_finished(self, request: Any, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        self._blocks.pop(request.request_id, None)
+        return False, None  # nothing in flight: vLLM frees the blocks now
+
+    # ---- worker side ----------------------------------------------------------------------
+    def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
+        super().bind_connector_metadata(connector_metadata)
+        assert isinstance(connector_metadata, StepRequests)
+        for req_id in connector_metadata.preempted:
+            STORES.free(req_id)
+        _step_slots.clear()
+        _step_slots.update(connector_metadata.slots)
+
+    def clear_connector_metadata(self) -> None:
+        super().clear_connector_metadata()
+        _step_slots.clear()
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        for req_id in finished_req_ids:
+            STORES.free(req_id)
+        for hook in STEP_END_HOOKS:
+            hook()
+        return None, None
+
+    def start_load_kv(self, forward_context: Any, **kwargs: Any) -> None:
+        return
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        return
+
+    def save_kv_layer(self, layer_name: str, kv_layer: Any, attn_metadata: Any, **kwargs: Any) -> None:
+        return
+
+    def wait_for_save(self) -> None:
+        return

@@ -1,0 +1,69 @@
+"""The KV connector names each step's requests by the first slot they write and frees finished stores."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from kvcache import vllm_connector as vc
+from kvcache.params import FullKvParams
+from kvcache.vllm_connector import SparseServeKvConnector, StepRequests, request_at_slot
+from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
+
+BLOCK = 16
+CONFIG = SimpleNamespace(kv_transfer_config=SimpleNamespace(**vc.kv_transfer_config()),
+                         cache_config=SimpleNamespace(block_size=BLOCK))
+
+
+def _new(req_id: str, blocks: list[int], computed: int) -> SimpleNamespace:
+    return SimpleNamespace(req_id=req_id, block_ids=(blocks,), num_computed_tokens=computed)
+
+
+def _step(new=(), cached=(), finished=(), preempted=None) -> SimpleNamespace:
+    """A scheduler output: ``cached`` holds ``(req_id, new_blocks | None, computed, resumed)``."""
+    return SimpleNamespace(
+        scheduled_new_reqs=list(new),
+        scheduled_cached_reqs=SimpleNamespace(
+            req_ids=[c[0] for c in cached],
+            new_block_ids=[None if c[1] is None else (c[1],) for c in cached],
+            num_computed_tokens=[c[2] for c in cached],
+            resumed_req_ids={c[0] for c in cached if c[3]},
+        ),
+        finished_req_ids=set(finished),
+        preempted_req_ids=preempted,
+    )
+
+
+def test_scheduler_side_slots_follow_block_tables() -> None:
+    sched = SparseServeKvConnector(CONFIG, KVConnectorRole.SCHEDULER)
+    # a 40-token prompt with 20 tokens from the prefix cache, and a fresh one
+    meta = sched.build_connector_meta(_step(new=[_new("a", [7, 3, 9], 20), _new("b", [5], 0)]))
+    assert meta.slots == {3 * BLOCK + 4: "a", 5 * BLOCK: "b"}
+    # decode: a writes position 40 (block 9 of its table), b gets a new block for position 16
+    meta = sched.build_connector_meta(_step(cached=[("a", None, 40, False), ("b", [11], 16, False)]))
+    assert meta.slots == {9 * BLOCK + 8: "a", 11 * BLOCK: "b"}
+    # b was preempted and resumes with a new table; a finished
+    meta = sched.build_connector_meta(_step(cached=[("b", [2, 4], 0, True)], finished=["a"], preempted={"c"}))
+    assert meta.slots == {2 * BLOCK: "b"} and meta.preempted == {"c"}
+    assert "a" not in sched._blocks
+
+
+def test_worker_side_binds_slots_and_frees_stores() -> None:
+    worker = SparseServeKvConnector(CONFIG, KVConnectorRole.WORKER)
+    k = torch.randn(2, 5, 8)
+    for req in ("r1", "r2", "r3"):
+        vc.STORES.create(req, (0, 0), FullKvParams(), 2, 8).prefill(k, k, k)
+    published = []
+    vc.STEP_END_HOOKS.append(lambda: published.append(len(vc.STORES)))
+    try:
+        worker.bind_connector_metadata(StepRequests(slots={42: "r1"}, preempted={"r2"}))
+        assert request_at_slot(42) == "r1" and request_at_slot(43) is None
+        assert "r2" not in vc.STORES and "r1" in vc.STORES
+        worker.clear_connector_metadata()
+        assert request_at_slot(42) is None
+        assert worker.get_finished({"r1", "r3"}) == (None, None)
+        assert len(vc.STORES) == 0 and vc.STORES.total_bytes() == 0 and published == [0]
+    finally:
+        vc.STEP_END_HOOKS.clear()
+        vc.STORES.free_all()
