@@ -87,6 +87,24 @@ def test_arm_exports_the_plugin_config_and_creates_counters(model_dir: Path, mon
     assert PluginConfig.from_env() is None and not config.stats_path.exists()
 
 
+def test_kv_policies_are_exported_with_their_head_counts_and_need_sparse(model_dir: Path, monkeypatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.raises(SparseSetupError, match="--kv-policies needs the sparse backend"):
+        arm(ServerSettings(model=model_dir, sparse=False, kv_policies=True), model_dir)
+    setup = arm(ServerSettings(model=model_dir, kv_policies=True, kv_threshold=1024), model_dir)
+    try:
+        config = PluginConfig.from_env()
+        assert config.kv_policies and config.kv_threshold == 1024
+        assert sum(setup.kv_counts.values()) == 30 * 3  # KV heads, after the GQA merge
+    finally:
+        setup.close()
+    plain = arm(ServerSettings(model=model_dir), model_dir)
+    try:
+        assert plain.kv_counts is None and not PluginConfig.from_env().kv_policies
+    finally:
+        plain.close()
+
+
 def test_profile_errors_are_profile_errors(tmp_path: Path, model_dir: Path) -> None:
     with pytest.raises(ProfileError, match="cannot read profile"):
         resolve_profile(ServerSettings(model=model_dir, profile=tmp_path / "missing.json"), model_dir)
