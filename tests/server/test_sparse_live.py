@@ -28,7 +28,7 @@ from loadtests.server_metrics import parse_metrics
 from loadtests.tokenizer import load_tokenizer
 from attention_backends.head_plan import rank_query_heads
 from attention_backends.patterns import AShapeParams
-from profiles.schema import load_profile, save_profile
+from profiles.schema import KvChoice, load_profile, save_profile
 from profiles.variants import exact_kv, full_budget
 from server.sparse_setup import SHIPPED_PROFILE
 
@@ -204,6 +204,23 @@ def test_compressed_stores_released_after_abort_concurrency_and_100_requests(exa
     assert _counter(after, "kv_errors_total") == 0
 
 
+def test_narrow_streaming_kv_changes_the_output(launch_server, dense_server, tmp_path) -> None:
+    """Streaming KV with 4 sinks + 16 recent tokens on every head: the stores' output is what the model reads."""
+    narrow = KvChoice(policy="streaming", params={"n_sink": 4, "n_local": 16})
+    profile = load_profile(SHIPPED_PROFILE)
+    path = tmp_path / "narrow-kv.json"
+    save_profile(profile.model_copy(update={"layers": [
+        layer.model_copy(update={"heads": [h.model_copy(update={"kv": narrow}) for h in layer.heads]})
+        for layer in profile.layers]}), path)
+    prompt = _document(40, "narrow-") + " Which gate stores the most crates?"
+    with launch_server("--profile", str(path), "--kv-policies", "--kv-threshold", str(FULL_THRESHOLD)) as (_, server):
+        ours, _ = _complete(server, prompt, max_tokens=24)
+        samples = _metrics(server)
+    assert _counter(samples, "kv_policy_heads", policy="streaming") == 30 * 3
+    assert _counter(samples, "kv_decode_steps_total") >= 23 * 30
+    assert ours != _complete(dense_server, prompt, max_tokens=24)[0]
+
+
 def test_needle_found_with_shipped_profile_as_with_dense(live_server, dense_server) -> None:
     tokenizer = load_tokenizer(str(live_server.model_dir), None)
     sample = generate_samples(tokenizer, ["niah_single"], [7168], 1, seed=3, endpoint="chat",
@@ -223,6 +240,28 @@ def test_needle_found_with_shipped_profile_as_with_dense(live_server, dense_serv
     assert _counter(after, "sparse_prefill_tokens_total") - _counter(before, "sparse_prefill_tokens_total") > 4000
     densities = [v for k, v in after.items() if "sparse_layer_density" in k]
     assert densities and min(densities) < 1.0  # some layers run sparse (the profile keeps others fully dense)
+
+
+def test_needle_found_with_profile_kv_policies_as_with_dense(launch_server, dense_server) -> None:
+    """The shipped profile's measured KV policies at their default budgets, default thresholds, ~7K tokens."""
+    tokenizer = load_tokenizer(str(dense_server.model_dir), None)
+    sample = generate_samples(tokenizer, ["niah_single"], [7168], 1, seed=3, endpoint="chat",
+                              depths=[0.6], progress=False)[0]
+    messages = [{"role": "user", "content": sample.prompt}]
+    replies = []
+    with launch_server("--kv-policies") as (_, server):
+        for s in (dense_server, server):
+            out = _client(s).chat.completions.create(model=s.model, messages=messages,
+                                                     max_tokens=sample.max_tokens, temperature=0)
+            assert out.usage.prompt_tokens > 6000
+            replies.append(out.choices[0].message.content)
+        samples = _metrics(server)
+    dense, ours = replies
+    assert score(dense, sample.answers, sample.metric) == 1.0, ("dense misses this needle", dense)
+    assert score(ours, sample.answers, sample.metric) == 1.0, (sample.answers, ours, dense)
+    compressed = sum(_counter(samples, "kv_policy_heads", policy=p) for p in ("shadowkv", "nosa", "streaming"))
+    assert compressed > 0, "the shipped profile compresses no KV head"
+    assert _counter(samples, "kv_decode_steps_total") > 0 and _counter(samples, "kv_errors_total") == 0
 
 
 def test_server_refuses_to_start_when_vllm_does_not_load_the_plugin(model_dir: Path, tmp_path: Path) -> None:
