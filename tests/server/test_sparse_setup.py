@@ -11,6 +11,8 @@ import pytest
 
 from attention_backends.plugin_config import ENV_VAR, PluginConfig
 from profiles.schema import ProfileError
+from kvcache.vllm_connector import kv_transfer_config
+from server.engine import engine_args
 from server.settings import ServerSettings
 from server.rope_variant import yarn_variant
 from server.sparse_setup import SHIPPED_PROFILE, SparseSetupError, arm, resolve_profile
@@ -103,6 +105,10 @@ def test_kv_policies_are_exported_with_their_head_counts_and_need_sparse(model_d
         assert plain.kv_counts is None and not PluginConfig.from_env().kv_policies
     finally:
         plain.close()
+    # the engine loads the KV connector (request naming and store lifecycle) only with --kv-policies
+    args = engine_args(ServerSettings(model=model_dir, kv_policies=True), model_dir)
+    assert args.kv_transfer_config == kv_transfer_config()
+    assert engine_args(ServerSettings(model=model_dir), model_dir).kv_transfer_config is None
 
 
 def test_profile_errors_are_profile_errors(tmp_path: Path, model_dir: Path) -> None:
