@@ -13,6 +13,7 @@ there are fewer than ranks). Pure (no vLLM import).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from profiles.schema import KvChoice, Profile
@@ -34,6 +35,11 @@ def policy_params(choice: KvChoice) -> AnyKvParams:
     fields = {k: (int(v) if float(v).is_integer() else v) for k, v in choice.params.items() if k in model.model_fields}
     params: KvPolicyParams = parse_kv_params({"policy": choice.policy, **fields})
     return params
+
+
+def kv_head_choice(choices: list[KvChoice], readers: Iterable[int]) -> KvChoice:
+    """The choice a KV head takes: the most exact of its reading query heads' ``choices``."""
+    return max((choices[h] for h in readers), key=lambda c: EXACTNESS[c.policy])
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ def layer_kv_groups(choices: list[KvChoice], q_heads: range, num_q_heads: int, n
     grouped: dict[AnyKvParams, tuple[list[int], list[int]]] = {}
     for local_kv, g in enumerate(kv_global):
         readers = [h for h in q_heads if h // ratio == g]
-        best = max((choices[h] for h in readers), key=lambda c: EXACTNESS[c.policy])
+        best = kv_head_choice(choices, readers)
         if best.policy == "full":
             continue
         kv, q = grouped.setdefault(policy_params(best), ([], []))
@@ -114,7 +120,7 @@ def kv_policy_counts(profile: Profile) -> dict[str, int]:
     ratio = m.num_q_heads // m.num_kv_heads
     counts = dict.fromkeys(EXACTNESS, 0)
     for layer in profile.layers:
+        choices = [h.kv for h in layer.heads]
         for g in range(m.num_kv_heads):
-            best = max((layer.heads[h].kv for h in range(g * ratio, (g + 1) * ratio)), key=lambda c: EXACTNESS[c.policy])
-            counts[best.policy] += 1
+            counts[kv_head_choice(choices, range(g * ratio, (g + 1) * ratio)).policy] += 1
     return counts

@@ -18,7 +18,6 @@ Nothing is transferred: the connector never loads or saves vLLM's paged KV.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +29,6 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 
 from .registry import StoreRegistry
-
-logger = logging.getLogger(__name__)
 
 CONNECTOR_NAME = "SparseServeKvConnector"
 MODULE_PATH = __name__

@@ -48,6 +48,15 @@ def full_budget(profile: Profile) -> Profile:
     return profile.model_copy(update={"layers": layers})
 
 
+def with_kv(profile: Profile, choice: KvChoice) -> Profile:
+    """``profile`` with every head's KV policy replaced by ``choice`` (same prefill patterns)."""
+    layers = [
+        layer.model_copy(update={"heads": [h.model_copy(update={"kv": choice}) for h in layer.heads]})
+        for layer in profile.layers
+    ]
+    return profile.model_copy(update={"layers": layers})
+
+
 def exact_kv(profile: Profile, policy: str = "shadowkv") -> Profile:
     """``profile`` with every head's KV policy set to ``policy`` at full rank and a budget covering any context.
 
@@ -55,12 +64,7 @@ def exact_kv(profile: Profile, policy: str = "shadowkv") -> Profile:
     reads) yet keeps every position and reconstructs keys to float round-off: serving it must
     reproduce dense greedy outputs, which is how the engine's KV integration is tested.
     """
-    choice = KvChoice(policy=policy, params={"rank": float(EVERYTHING), "budget": float(EVERYTHING)})
-    layers = [
-        layer.model_copy(update={"heads": [h.model_copy(update={"kv": choice}) for h in layer.heads]})
-        for layer in profile.layers
-    ]
-    return profile.model_copy(update={"layers": layers})
+    return with_kv(profile, KvChoice(policy=policy, params={"rank": float(EVERYTHING), "budget": float(EVERYTHING)}))
 
 
 def transfer(profile: Profile, model: ModelFingerprint) -> Profile:

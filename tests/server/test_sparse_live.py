@@ -29,7 +29,7 @@ from loadtests.tokenizer import load_tokenizer
 from attention_backends.head_plan import rank_query_heads
 from attention_backends.patterns import AShapeParams
 from profiles.schema import KvChoice, load_profile, save_profile
-from profiles.variants import exact_kv, full_budget
+from profiles.variants import exact_kv, full_budget, with_kv
 from server.sparse_setup import SHIPPED_PROFILE
 
 pytestmark = pytest.mark.slow
@@ -207,11 +207,8 @@ def test_compressed_stores_released_after_abort_concurrency_and_100_requests(exa
 def test_narrow_streaming_kv_changes_the_output(launch_server, dense_server, tmp_path) -> None:
     """Streaming KV with 4 sinks + 16 recent tokens on every head: the stores' output is what the model reads."""
     narrow = KvChoice(policy="streaming", params={"n_sink": 4, "n_local": 16})
-    profile = load_profile(SHIPPED_PROFILE)
     path = tmp_path / "narrow-kv.json"
-    save_profile(profile.model_copy(update={"layers": [
-        layer.model_copy(update={"heads": [h.model_copy(update={"kv": narrow}) for h in layer.heads]})
-        for layer in profile.layers]}), path)
+    save_profile(with_kv(load_profile(SHIPPED_PROFILE), narrow), path)
     prompt = _document(40, "narrow-") + " Which gate stores the most crates?"
     with launch_server("--profile", str(path), "--kv-policies", "--kv-threshold", str(FULL_THRESHOLD)) as (_, server):
         ours, _ = _complete(server, prompt, max_tokens=24)
