@@ -10,7 +10,8 @@
 Every model carries a ``policy`` discriminator, so one JSON object names a policy and its
 budgets (see :data:`KvPolicyParams`). Defaults: chunk 8 and budget 2048 as ShadowKV; 4 sinks
 (StreamingLLM); a 64-token local window; 8 outlier chunks; rank 32 of the layer's concatenated
-key width (``Hkv * D`` = 192 for SmolLM2-135M: ShadowKV's 160/1024 ratio).
+key width (``Hkv * D`` = 192 for SmolLM2-135M: ShadowKV's 160/1024 ratio); a refit of the keys
+every 1024 decoded tokens (bounds the exact keys kept in the pool).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class ShadowKvParams(_KvParams):
     n_sink: int = Field(4, ge=0, description="Attention-sink tokens kept exactly.")
     n_local: int = Field(64, ge=0, description="Minimum local window kept exactly (chunk-aligned start).")
     n_outlier_chunks: int = Field(8, ge=0, description="Least self-similar chunks per KV head kept exactly.")
+    refit_every: int = Field(1024, ge=0, description="Refit the low-rank keys once this many decoded tokens have "
+                             "left the window (their exact pre-RoPE keys wait in the pool until then); 0: never.")
 
     def max_always_kept(self) -> int:
         """Upper bound of the positions read whatever the query (sinks, window, outliers)."""

@@ -11,7 +11,8 @@ the local window (:func:`kvcache.selection.local_start`):
   prefill), the sinks' keys/values, the window's keys (pre- and post-RoPE) and values, and the
   *pending* pre-RoPE keys of positions ``[N0, W)``: tokens generated after the fit that have
   left the window. They are kept exact (rotated on read) until :meth:`SequenceKvStore.refit`
-  folds them into a new rank-``r`` fit; the engine decides when (refitting is lossy).
+  folds them into a new rank-``r`` fit, which happens once ``refit_every`` of them wait
+  (refitting is lossy below full rank: the old keys enter the new fit as their reconstruction).
 * offload: the values of positions ``[0, W)``.
 
 ``full`` keeps everything exact in the pool; ``streaming`` keeps sinks + the last ``n_local``
@@ -146,6 +147,9 @@ class SequenceKvStore:
         target = local_start(self.seq_len, self.n_local, self.chunk)
         if target > self.window_start:
             self._evict(target - self.window_start)
+            every = self.params.refit_every if self.compressed else 0
+            if every and len(self.pending_pre) >= every:
+                self.refit()
 
     def _evict(self, count: int) -> None:
         """Move the first ``count`` window tokens (whole chunks) out of the window."""

@@ -36,6 +36,8 @@ class SamplingFields(_Request):
     n: Annotated[int, Field(ge=1, le=16)] = 1
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    ignore_eos: bool = Field(False, description="vLLM extension: keep generating past the end-of-sequence "
+                             "token until max_tokens (fixed-length runs, benchmarks).")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, description="End-user id; recorded in nothing, accepted for "

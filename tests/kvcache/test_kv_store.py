@@ -62,6 +62,24 @@ def test_full_rank_full_budget_decode_equals_dense(params) -> None:
         torch.testing.assert_close(store.attend(_query(233, 99))[0], before, atol=1e-5, rtol=1e-5)
 
 
+def test_pending_keys_are_refitted_every_refit_every_tokens() -> None:
+    """Decoded keys wait exact until ``refit_every`` of them left the window, then join the fit (lossless at full rank)."""
+    params = ShadowKvParams(rank=HKV * D, budget=4096, n_local=16, n_outlier_chunks=3, refit_every=24)
+    k_pre, k_post, v = _sequence(203 + 120)
+    store = SequenceKvStore(params, HKV, D, inv_freq=INV_FREQ)
+    store.prefill(k_pre[:, :203], k_post[:, :203], v[:, :203])
+    fits = []
+    for t in range(120):
+        n = 203 + t + 1
+        store.append(k_pre[:, n - 1 : n], k_post[:, n - 1 : n], v[:, n - 1 : n])
+        q = _query(n, seed=t)
+        torch.testing.assert_close(store.attend(q)[0], dense_decode_attention(q, k_post[:, :n], v[:, :n]),
+                                   atol=1e-5, rtol=1e-5)
+        assert len(store.pending_pre) < 24
+        fits.append(store.n_fit)
+    assert len(set(fits)) >= 3 and fits[-1] > 203  # refitted more than once, the fit grew
+
+
 def test_budgeted_shadowkv_reads_at_most_budget_and_fetches_values() -> None:
     params = ShadowKvParams(rank=8, budget=96, n_local=16, n_outlier_chunks=2)
 

@@ -78,6 +78,17 @@ def test_stop_sequence_is_honoured(client, live_server):
     assert stopped.choices[0].text == free[: free.index(" 6")]
 
 
+def test_ignore_eos_generates_max_tokens(client, live_server):
+    ended = client.chat.completions.create(model=live_server.model, messages=CAPITAL, max_tokens=200,
+                                           temperature=0)
+    assert ended.choices[0].finish_reason == "stop", "the model must end on its own for this test"
+    n = ended.usage.completion_tokens + 5
+    forced = client.chat.completions.create(model=live_server.model, messages=CAPITAL, max_tokens=n,
+                                            temperature=0, extra_body={"ignore_eos": True})
+    assert forced.choices[0].finish_reason == "length" and forced.usage.completion_tokens == n
+    assert forced.choices[0].message.content.startswith(ended.choices[0].message.content)
+
+
 def test_n_returns_two_choices(client, live_server):
     out = client.chat.completions.create(model=live_server.model, messages=CAPITAL, n=2,
                                          temperature=0.8, seed=1, max_tokens=8)

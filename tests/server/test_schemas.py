@@ -85,6 +85,8 @@ def test_sampling_params_mapping():
     assert params.max_tokens == 7 and params.temperature == 0.5 and params.n == 2
     assert params.stop == ["\n"] and params.seed == 3 and params.logprobs == 2
     assert params.presence_penalty == 0.5 and params.output_kind.name == "DELTA"
+    assert not params.ignore_eos
+    assert sampling_params(CompletionRequest(model="m", prompt="x", ignore_eos=True), 1, None).ignore_eos
     assert sampling_params(CompletionRequest(model="m", prompt="x"), 1, None).temperature == 1.0
 
 
