@@ -1,0 +1,242 @@
+"""Long-context decode, dense KV vs compressed KV, through the real server (not a test).
+
+Starts ``sparse-serve serve`` twice from this process with the same settings and profile (so the
+prefill, sparse per the profile, is the same): ``dense`` decodes with vLLM's exact KV, ``ours``
+adds ``--kv-policies`` (per-head ShadowKV / NOSA / streaming stores from the profile,
+:mod:`kvcache`). For every context length one synthetic document is prefilled once (prefix
+caching on; every later request shares its blocks and adds a short distinct suffix), then
+``batch`` concurrent streams generate ``--tokens`` tokens each with ``ignore_eos``.
+
+Rows, per context and batch:
+
+* ``dense_tok_s`` / ``ours_tok_s``: generated tokens per second of all streams together, in the
+  steady window (from the moment every stream has its 3rd token, so that store builds are not
+  counted, to the first stream's end);
+* ``pool_bytes_per_token_dense``: vLLM's KV pool bytes per token (all layers, K and V);
+  ``pool_bytes_per_token_ours``: what vLLM's pool still holds per token plus the stores' pool
+  tier (peak ``kv_pool_bytes`` over ``batch x context`` tokens);
+* ``compressed_head_pool_ratio``: exact KV bytes of one KV head per token over the stores' pool
+  bytes per token and compressed KV head (the per-head saving the stores achieve);
+* ``max_concurrent_dense`` / ``max_concurrent_ours``: requests of this context that vLLM's pool
+  admits (its size in tokens, logged at start-up, over the blocks one request holds);
+* ``offload_bytes_per_token``: bytes read from the offload tier per generated token.
+
+    python benchmarks/decode.py --contexts 8192,16384,32768 --batch 1,8 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+from transformers import AutoConfig, AutoTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.ttft import prompt_of, shipped_profile_for  # noqa: E402
+from profiles.schema import KvChoice, load_profile, save_profile  # noqa: E402
+from profiles.variants import with_kv  # noqa: E402
+from server.cpu_host import cpu_flags, resolve_dtype  # noqa: E402
+from server.model_prep import ensure_model  # noqa: E402
+from server.rope_variant import yarn_variant  # noqa: E402
+from tests.conftest import start_server, stop_server  # noqa: E402
+
+BLOCK_SIZE = 16  # vLLM's CPU KV block (tokens)
+STEADY_FROM = 3  # tokens per stream before the steady window opens
+_METRIC = re.compile(r"^sparse_serve:(kv_[a-z_]+?)(?:_total)?\{[^}]*\} ([0-9.e+-]+)$", re.M)
+_POOL_TOKENS = re.compile(r"KV cache size: ([\d,]+) tokens")
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def kv_metrics(url: str) -> dict[str, float]:
+    """The server's ``sparse_serve:kv_*`` values (policy head counts keyed ``kv_policy_heads:<policy>``)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    values = {name: float(v) for name, v in _METRIC.findall(text) if name != "kv_cache_usage_perc"}
+    for policy, v in re.findall(r'^sparse_serve:kv_policy_heads\{[^}]*policy="(\w+)"\} ([0-9.e+-]+)$', text, re.M):
+        values[f"kv_policy_heads:{policy}"] = float(v)
+    return values
+
+
+@dataclass
+class PeakSampler:
+    """Polls /metrics while a batch runs and keeps the peak of the stores' gauges."""
+
+    url: str
+    peaks: dict[str, float] = field(default_factory=lambda: {"kv_pool_bytes": 0.0, "kv_offload_bytes": 0.0})
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                now = kv_metrics(self.url)
+            except httpx.HTTPError:
+                continue
+            for name in self.peaks:
+                self.peaks[name] = max(self.peaks[name], now.get(name, 0.0))
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread = threading.Thread(target=self.run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def stream_times(client: openai.OpenAI, model: str, prompt: list[int], tokens: int) -> list[float]:
+    """Arrival time (perf_counter) of every generated token of one greedy stream of exactly ``tokens``."""
+    times: list[float] = []
+    stream = client.completions.create(model=model, prompt=prompt, max_tokens=tokens, temperature=0, stream=True,
+                                       extra_body={"ignore_eos": True})
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].text:
+            times.append(time.perf_counter())
+    return times
+
+
+def steady_rate(per_stream: list[list[float]]) -> float:
+    """Tokens per second of all streams in the window where all of them are past their first tokens."""
+    start = max(t[STEADY_FROM - 1] for t in per_stream)
+    end = min(t[-1] for t in per_stream)
+    count = sum(sum(1 for x in t if start < x <= end) for t in per_stream)
+    return count / (end - start) if end > start and count else float("nan")
+
+
+def client_of(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=3600)
+
+
+def run_batch(server, prompts: list[list[int]], tokens: int) -> tuple[float, dict[str, float], dict[str, float]]:
+    """Steady tokens/s of ``prompts`` decoded concurrently, the kv counter deltas and the gauges' peaks."""
+    client = client_of(server)
+    before = kv_metrics(server.url)
+    results: list[list[float]] = [[] for _ in prompts]
+
+    def one(i: int) -> None:
+        results[i] = stream_times(client, server.model, prompts[i], tokens)
+
+    with PeakSampler(server.url) as sampler:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    if any(len(t) < STEADY_FROM + 1 for t in results):
+        raise RuntimeError(f"a stream returned too few tokens: {[len(t) for t in results]}")
+    after = kv_metrics(server.url)
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after if not k.startswith("kv_policy_heads")}
+    return steady_rate(results), delta, sampler.peaks
+
+
+def pool_tokens(log_path: Path) -> int:
+    found = _POOL_TOKENS.findall(log_path.read_text(errors="replace"))
+    if not found:
+        raise RuntimeError(f"vLLM's KV cache size not found in {log_path}")
+    return int(found[-1].replace(",", ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--contexts", default="8192,16384,32768", help="comma-separated context lengths (tokens)")
+    ap.add_argument("--batch", default="1,8", help="comma-separated numbers of concurrent streams")
+    ap.add_argument("--tokens", type=int, default=32, help="tokens generated per stream")
+    ap.add_argument("--json", type=Path, default=None, help="write the rows here")
+    ap.add_argument("--dtype", default="auto", help="server --dtype (auto: float32 on CPUs without native bf16)")
+    ap.add_argument("--kv", default="profile", choices=["profile", "shadowkv", "nosa", "streaming"],
+                    help="KV policies of ours: the profile's measured ones, or one policy (defaults) on every head")
+    ap.add_argument("--gpu-memory-utilization", default="0.3")
+    ap.add_argument("--modes", default="dense,ours")
+    args = ap.parse_args(argv)
+    contexts = [int(x) for x in args.contexts.split(",")]
+    batches = [int(x) for x in args.batch.split(",")]
+    max_len = max(contexts)
+    model = yarn_variant(ensure_model(), max_len)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    work = Path(tempfile.mkdtemp(prefix="decode-"))
+    profile_path = shipped_profile_for(model, work / "profile.json")
+    if args.kv != "profile":
+        save_profile(with_kv(load_profile(profile_path), KvChoice(policy=args.kv)), work / "kv.json")
+        profile_path = work / "kv.json"
+    # every request: the shared document, a distinct short suffix, then `tokens` generated, within the context
+    suffixes = [tokenizer.encode(f" #{i}", add_special_tokens=False) for i in range(max(batches))]
+    room = args.tokens + max(len(s) for s in suffixes) + 1
+    docs = {n: prompt_of(tokenizer, n - room, seed=n)[0] for n in contexts}
+    hf = AutoConfig.from_pretrained(model)
+    dtype = resolve_dtype(args.dtype, cuda=False, flags=cpu_flags())
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    head_token_bytes = 2 * head_dim * _DTYPE_BYTES[dtype]  # K and V of one KV head, one token
+    dense_token_bytes = hf.num_hidden_layers * hf.num_key_value_heads * head_token_bytes
+    common = ["--dtype", args.dtype, "--max-model-len", str(max_len), "--max-num-batched-tokens", "8192",
+              "--gpu-memory-utilization", args.gpu_memory_utilization, "--profile", str(profile_path),
+              "--max-queued-prompt-tokens", str(max(batches) * max_len)]
+    flags = {"dense": [], "ours": ["--kv-policies"]}
+    measured: dict[str, dict[tuple[int, int], tuple[float, dict, dict]]] = {}
+    capacity: dict[str, int] = {}
+    compressed_heads = 0.0
+    for mode in args.modes.split(","):
+        print(f"{mode}: starting server ({model.name}, {dtype}, profile {profile_path.name})", flush=True)
+        proc, server = start_server(model, work / f"{mode}.log", *common, *flags[mode], api_key=None)
+        measured[mode] = {}
+        try:
+            capacity[mode] = pool_tokens(server.log_path)
+            if mode == "ours":
+                heads = kv_metrics(server.url)
+                compressed_heads = sum(v for k, v in heads.items()
+                                       if k.startswith("kv_policy_heads:") and not k.endswith(":full"))
+            for n in contexts:
+                t0 = time.perf_counter()
+                client_of(server).completions.create(model=server.model, prompt=docs[n], max_tokens=1)
+                print(f"  context {n}: document prefilled in {time.perf_counter() - t0:.1f} s", flush=True)
+                for b in batches:
+                    rate, delta, peaks = run_batch(server, [docs[n] + s for s in suffixes[:b]], args.tokens)
+                    if mode == "ours" and not delta.get("kv_decode_steps"):
+                        raise RuntimeError("ours ran no compressed decode step: is the context below --kv-threshold?")
+                    measured[mode][(n, b)] = (rate, delta, peaks)
+                    print(f"  context {n} batch {b}: {rate:.2f} tok/s; kv {delta}; peaks {peaks}", flush=True)
+        finally:
+            stop_server(proc)
+    rows = []
+    for n in contexts:
+        held = math.ceil(n / BLOCK_SIZE) * BLOCK_SIZE  # pool tokens one request of this context holds
+        for b in batches:
+            row: dict[str, object] = {"context": n, "batch": b}
+            for mode in measured:
+                row[f"{mode}_tok_s"] = round(measured[mode][(n, b)][0], 2)
+            if "dense" in measured and "ours" in measured:
+                row["speedup"] = round(measured["ours"][(n, b)][0] / measured["dense"][(n, b)][0], 2)
+            row["pool_bytes_per_token_dense"] = dense_token_bytes
+            if "ours" in measured:
+                _, delta, peaks = measured["ours"][(n, b)]
+                store_per_token = peaks["kv_pool_bytes"] / (b * n)
+                row["pool_bytes_per_token_ours"] = round(dense_token_bytes + store_per_token)
+                if compressed_heads:
+                    row["compressed_head_pool_ratio"] = round(head_token_bytes / (store_per_token / compressed_heads), 2)
+                row["offload_bytes_per_token"] = round(delta.get("kv_offload_read_bytes", 0.0) / (b * args.tokens))
+                row["kv_errors"] = int(delta.get("kv_errors", 0) + delta.get("kv_unknown_request", 0))
+            for mode in measured:
+                row[f"max_concurrent_{mode}"] = capacity[mode] // held
+            rows.append(row)
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    print("\n" + " | ".join(keys))
+    for row in rows:
+        print(" | ".join(str(row.get(k, "")) for k in keys))
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "model": str(model),
+                                         "dtype": dtype, "compressed_kv_heads": compressed_heads,
+                                         "rows": rows}, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
