@@ -60,8 +60,13 @@ _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 def kv_metrics(url: str) -> dict[str, float]:
     """The server's ``sparse_serve:kv_*`` values (policy head counts keyed ``kv_policy_heads:<policy>``)."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    values = {name: float(v) for name, v in _METRIC.findall(text) if name != "kv_cache_usage_perc"}
+    return parse_kv_metrics(httpx.get(f"{url}/metrics", timeout=30).text)
+
+
+def parse_kv_metrics(text: str) -> dict[str, float]:
+    """``sparse_serve:kv_*`` samples of a Prometheus text page (counters without ``_total``)."""
+    values = {name: float(v) for name, v in _METRIC.findall(text)
+              if name not in ("kv_cache_usage_perc", "kv_policy_heads")}
     for policy, v in re.findall(r'^sparse_serve:kv_policy_heads\{[^}]*policy="(\w+)"\} ([0-9.e+-]+)$', text, re.M):
         values[f"kv_policy_heads:{policy}"] = float(v)
     return values
