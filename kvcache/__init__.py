@@ -9,16 +9,17 @@ Per sequence, layer and policy group, one store holds the decode-time KV on two 
     store.pool_bytes(), store.offload_bytes()
 
 The pure math lives in one module per idea: :mod:`.rope`, :mod:`.lowrank`, :mod:`.landmarks`,
-:mod:`.selection`, :mod:`.decode_attention`, :mod:`.nosa`, :mod:`.streaming`. Shapes are heads
+:mod:`.selection`, :mod:`.decode_attention`, :mod:`.nosa`, :mod:`.resident`, :mod:`.streaming`. Shapes are heads
 first for one sequence; GQA query head ``h`` reads KV head ``h // (Hq // Hkv)``.
 """
 
 from .decode_attention import dense_decode_attention, selected_decode_attention, sparse_decode_attention
 from .landmarks import chunk_landmarks, outlier_chunks
 from .lowrank import LowRankKeys, fit_lowrank, rebuild, rebuild_rotated, reconstruction_error
-from .nosa import ResidentCache, nosa_select_positions
+from .nosa import nosa_select_positions
 from .params import FullKvParams, KvPolicyParams, NosaKvParams, ShadowKvParams, StreamingKvParams, parse_kv_params
 from .registry import StoreRegistry
+from .resident import ResidentChunks
 from .rope import apply_rope, rope_inv_freq
 from .selection import Selection, select_positions
 from .store import DecodeStats, SequenceKvStore
@@ -30,7 +31,7 @@ __all__ = [
     "KvPolicyParams",
     "LowRankKeys",
     "NosaKvParams",
-    "ResidentCache",
+    "ResidentChunks",
     "Selection",
     "SequenceKvStore",
     "ShadowKvParams",

@@ -9,15 +9,10 @@ chunks of the previous set. The first step (no previous set) is unconstrained. T
 per KV head is ``(budget - always_kept) // chunk``, so the token budget holds as in
 :mod:`kvcache.selection`.
 
-:class:`ResidentCache` models the accelerator-side cache: an LRU set of chunk keys with a
-capacity in chunks; each step reports hits, misses and the bytes moved from the offload tier.
+:class:`kvcache.resident.ResidentChunks` is the fast-tier chunk cache this is designed for.
 """
 
 from __future__ import annotations
-
-from collections import OrderedDict
-from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
 
 import torch
 
@@ -93,73 +88,3 @@ def nosa_select_positions(
     mask = keep.clone()
     mask[:, : c * chunk] |= taken.repeat_interleave(chunk, dim=1)
     return Selection(mask=mask, chunk_mask=taken)
-
-
-def chunk_keys(chunk_mask: torch.Tensor) -> list[tuple[int, int]]:
-    """``(kv_head, chunk_id)`` of every selected chunk of ``chunk_mask bool [Hkv, C]``."""
-    return [(int(h), int(c)) for h, c in chunk_mask.nonzero().tolist()]
-
-
-@dataclass(frozen=True)
-class CacheStep:
-    """One step of a :class:`ResidentCache`."""
-
-    hits: int
-    misses: int
-    bytes_moved: int
-
-
-class ResidentCache:
-    """LRU set of chunks resident on the fast tier (``capacity`` chunks of ``bytes_per_chunk`` each)."""
-
-    def __init__(self, capacity: int, bytes_per_chunk: int) -> None:
-        if capacity <= 0 or bytes_per_chunk < 0:
-            raise ValueError(f"capacity must be > 0 and bytes_per_chunk >= 0; got {capacity}, {bytes_per_chunk}")
-        self.capacity = capacity
-        self.bytes_per_chunk = bytes_per_chunk
-        self._lru: OrderedDict[Hashable, None] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-        self.steps = 0
-
-    def __len__(self) -> int:
-        return len(self._lru)
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._lru
-
-    def step(self, keys: Iterable[Hashable]) -> CacheStep:
-        """Serve one step's chunks: hits refresh their recency first, then misses are loaded (evicting the LRU)."""
-        wanted = list(dict.fromkeys(keys))
-        hit_keys = [k for k in wanted if k in self._lru]
-        miss_keys = [k for k in wanted if k not in self._lru]
-        for k in hit_keys:
-            self._lru.move_to_end(k)
-        for k in miss_keys:
-            self._lru[k] = None
-            if len(self._lru) > self.capacity:
-                self._lru.popitem(last=False)
-        self.hits += len(hit_keys)
-        self.misses += len(miss_keys)
-        self.steps += 1
-        return CacheStep(hits=len(hit_keys), misses=len(miss_keys), bytes_moved=len(miss_keys) * self.bytes_per_chunk)
-
-    @property
-    def hit_rate(self) -> float:
-        """Hits over all chunk reads so far (1.0 before any read)."""
-        total = self.hits + self.misses
-        return 1.0 if total == 0 else self.hits / total
-
-    @property
-    def bytes_moved(self) -> int:
-        return self.misses * self.bytes_per_chunk
-
-    def bytes_per_step(self) -> float:
-        return 0.0 if self.steps == 0 else self.bytes_moved / self.steps
-
-    def resident_bytes(self) -> int:
-        """Fast-tier bytes the resident set would occupy at full capacity."""
-        return self.capacity * self.bytes_per_chunk
-
-    def clear(self) -> None:
-        self._lru.clear()

@@ -15,6 +15,10 @@ the local window (:func:`kvcache.selection.local_start`):
   (refitting is lossy below full rank: the old keys enter the new fit as their reconstruction).
 * offload: the values of positions ``[0, W)``.
 
+``nosa`` adds a resident tier on the pool: per KV head ``resident_chunks`` slots of chunk values
+(:class:`kvcache.resident.ResidentChunks`, LRU); a decode step copies only the selected chunks
+that are not resident from the offload tier, and reads the others from the pool.
+
 ``full`` keeps everything exact in the pool; ``streaming`` keeps sinks + the last ``n_local``
 tokens and drops the rest. Byte accounting counts the capacity of every tensor held.
 """
@@ -30,8 +34,9 @@ from .buffers import TokenBuffer, offload_device_pinned
 from .decode_attention import padded_positions, sparse_decode_attention
 from .landmarks import chunk_landmarks, chunk_positions, outlier_chunks
 from .lowrank import LowRankKeys, fit_lowrank, rebuild
-from .nosa import ResidentCache, chunk_keys, nosa_select_positions
+from .nosa import nosa_select_positions
 from .params import FullKvParams, NosaKvParams, ShadowKvParams, StreamingKvParams
+from .resident import ResidentChunks
 from .rope import apply_rope, rope_inv_freq
 from .selection import local_start, select_positions
 
@@ -94,10 +99,11 @@ class SequenceKvStore:
         self.n_fit = 0
         self.previous_chunks: torch.Tensor | None = None
         self.cache = (
-            ResidentCache(params.resident_chunks * num_kv_heads, params.chunk * head_dim * dtype.itemsize)
+            ResidentChunks(num_kv_heads, params.resident_chunks, params.chunk * head_dim * dtype.itemsize, self.device)
             if isinstance(params, NosaKvParams)
             else None
         )
+        self.resident_v: torch.Tensor | None = None  # [Hkv, resident_chunks, chunk, D] (nosa, allocated on first use)
 
     def _no_outliers(self) -> None:
         self.outliers = torch.empty(self.hkv, 0, dtype=torch.int64, device=self.device)  # chunk ids [Hkv, O]
@@ -211,8 +217,15 @@ class SequenceKvStore:
             heads = torch.arange(hkv, device=pos.device).unsqueeze(1).expand_as(pos)[is_sink]
             k[is_sink], v[is_sink] = self.sink_k.view()[heads, pos[is_sink]], self.sink_v.view()[heads, pos[is_sink]]
             exact = exact | is_sink
-        # everything else: values from the offload tier (only the rows needed cross the link)
+        # everything else: values of resident chunks from the fast tier, the rest from the offload tier
         fetch = ~exact
+        if self.resident_v is not None:
+            heads = torch.arange(hkv, device=pos.device).unsqueeze(1).expand_as(pos)
+            slot = torch.full_like(pos, -1)
+            slot[fetch] = self.cache.slots(heads[fetch], pos[fetch] // self.chunk)
+            near = fetch & (slot >= 0)
+            v[near] = self.resident_v[heads[near], slot[near], pos[near] % self.chunk]
+            fetch = fetch & ~near
         host = self.offload_v.view()
         rows = (torch.arange(hkv, device=pos.device).unsqueeze(1) * host.shape[1] + pos)[fetch].cpu()
         v[fetch] = host.reshape(-1, d).index_select(0, rows).to(self.device, non_blocking=True)
@@ -235,10 +248,10 @@ class SequenceKvStore:
         if isinstance(p, NosaKvParams):
             sel = nosa_select_positions(q, marks, self.seq_len, self.previous_chunks, max_change=p.max_change, **common)
             self.previous_chunks = sel.chunk_mask
-            step = self.cache.step(chunk_keys(sel.chunk_mask))
-            hits, misses = step.hits, step.misses
+            hits, misses, filled = self._serve_resident(sel.chunk_mask)
         else:
             sel = select_positions(q, marks, self.seq_len, **common)
+            filled = 0
         ws = self.window_start
         pos, valid = padded_positions(sel.mask[:, :ws])
         k_mid, v_mid, read = self._compressed_kv(pos, valid)
@@ -247,7 +260,20 @@ class SequenceKvStore:
         v = torch.cat((v_mid, self.win_v.view()), dim=1)
         valid = torch.cat((valid, torch.ones(self.hkv, win, dtype=torch.bool, device=valid.device)), dim=1)
         out = sparse_decode_attention(q, k, v, valid, scale)
-        return out, DecodeStats(valid.sum(1).tolist(), read, hits, misses)
+        return out, DecodeStats(valid.sum(1).tolist(), read + filled, hits, misses)
+
+    def _serve_resident(self, chunk_mask: torch.Tensor) -> tuple[int, int, int]:
+        """Bring this step's missed chunks into the resident tier: hits, misses and offload bytes copied."""
+        if self.resident_v is None:
+            self.resident_v = torch.empty(self.hkv, self.cache.capacity, self.chunk, self.d, dtype=self.dtype,
+                                          device=self.device)
+        step = self.cache.step(chunk_mask)
+        if step.fill_heads.numel():
+            host = self.offload_v.view()
+            rows = step.fill_chunks.unsqueeze(1) * self.chunk + torch.arange(self.chunk, device=step.fill_chunks.device)
+            chunks = host[step.fill_heads.cpu().unsqueeze(1), rows.cpu()]  # [F, chunk, D]
+            self.resident_v[step.fill_heads, step.fill_slots] = chunks.to(self.device, non_blocking=True)
+        return step.hits, step.misses, step.fill_heads.numel() * self.cache.bytes_per_chunk
 
     # ---- accounting ----------------------------------------------------------------------
     def pool_bytes(self) -> int:
@@ -255,6 +281,7 @@ class SequenceKvStore:
         buffers = (self.win_k, self.win_v, self.win_k_pre, self.sink_k, self.sink_v, self.landmarks, self.pending_pre)
         total = sum(b.nbytes() for b in buffers if b is not None)
         total += 0 if self.factors is None else self.factors.nbytes()
+        total += _nbytes(self.resident_v)
         return total + _nbytes(self.outliers) + _nbytes(self.outlier_k) + _nbytes(self.outlier_v)
 
     def offload_bytes(self) -> int:
@@ -266,7 +293,7 @@ class SequenceKvStore:
         for b in (self.win_k, self.win_v, self.win_k_pre, self.sink_k, self.sink_v, self.landmarks, self.pending_pre, self.offload_v):
             if b is not None:
                 b.free()
-        self.factors = self.previous_chunks = None
+        self.factors = self.previous_chunks = self.resident_v = None
         self._no_outliers()
         if self.cache is not None:
             self.cache.clear()

@@ -171,9 +171,9 @@ class _SparseCollector(Collector):
 KV_HELP = {
     "decode_steps": "Decode steps (row x layer x KV group) run through compressed KV stores.",
     "positions_read": "KV positions read by compressed decode steps (summed over KV heads).",
-    "offload_read_bytes": "Bytes of values copied from the offload tier by compressed decode.",
+    "offload_read_bytes": "Bytes of values copied from the offload tier by compressed decode (NOSA: misses only).",
     "cache_hits": "NOSA resident-cache chunk hits.",
-    "cache_misses": "NOSA resident-cache chunk misses (fetched from the offload tier).",
+    "cache_misses": "NOSA resident-cache chunk misses (copied from the offload tier).",
     "unknown_request": "Decode rows the KV connector did not name (they used exact KV; logged).",
     "errors": "Compressed decode steps that raised (they used exact KV; logged).",
     "pool_bytes": "Bytes held on the pool tier by the compressed stores of live requests (TP rank 0).",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvcache.nosa import ResidentCache, chunk_keys, constrained_chunks, nosa_select_positions
+from kvcache.nosa import constrained_chunks, nosa_select_positions
+from kvcache.resident import ResidentChunks
 from kvcache.selection import select_positions
 from kvcache.streaming import streaming_mask, streaming_positions
 
@@ -59,17 +60,16 @@ def test_constrained_chunks_keeps_best_of_previous_and_admits_best_new() -> None
 
 def test_nosa_hit_rate_beats_unconstrained_topk_on_drifting_queries() -> None:
     marks = _landmarks()
-    capacity = HKV * 32
     rates = {}
     for name in ("topk", "nosa"):
-        cache, prev = ResidentCache(capacity, bytes_per_chunk=8 * D * 4), None
+        cache, prev = ResidentChunks(HKV, 32, bytes_per_chunk=8 * D * 4), None
         for q in _drifting_queries(80, drift=0.6):
             if name == "nosa":
                 sel = nosa_select_positions(q, marks, N, prev, budget=BUDGET, max_change=2)
             else:
                 sel = select_positions(q, marks, N, budget=BUDGET)
             prev = sel.chunk_mask
-            step = cache.step(chunk_keys(sel.chunk_mask))
+            step = cache.step(sel.chunk_mask)
             assert step.bytes_moved == step.misses * 8 * D * 4
         rates[name] = (cache.hit_rate, cache.bytes_per_step())
     assert rates["nosa"][0] > rates["topk"][0] + 0.05
@@ -78,13 +78,27 @@ def test_nosa_hit_rate_beats_unconstrained_topk_on_drifting_queries() -> None:
     assert rates["nosa"][0] >= 1 - (HKV * 24 + 79 * HKV * 2) / (80 * HKV * 24)
 
 
-def test_resident_cache_lru() -> None:
-    cache = ResidentCache(3, bytes_per_chunk=10)
-    assert cache.step(["a", "b", "c"]).misses == 3
-    s = cache.step(["a", "d"])  # b is the LRU and is evicted
-    assert (s.hits, s.misses, s.bytes_moved) == (1, 1, 10)
-    assert "b" not in cache and "a" in cache and len(cache) == 3
-    assert cache.hit_rate == pytest.approx(1 / 5) and cache.bytes_moved == 40 and cache.bytes_per_step() == 20
+def test_resident_chunks_lru_per_head() -> None:
+    cache = ResidentChunks(2, 3, bytes_per_chunk=10)
+
+    def mask(*rows: list[int], c: int = 6) -> torch.Tensor:
+        m = torch.zeros(2, c, dtype=torch.bool)
+        for h, chunks in enumerate(rows):
+            m[h, chunks] = True
+        return m
+
+    first = cache.step(mask([0, 1, 2], [5]))
+    assert (first.hits, first.misses, first.bytes_moved) == (0, 4, 40)
+    assert sorted(first.fill_slots[first.fill_heads == 0].tolist()) == [0, 1, 2]  # three distinct slots
+    s = cache.step(mask([0, 3], [5]))  # head 0: chunk 1 is the LRU slot (0 was just used), 3 takes it
+    assert (s.hits, s.misses) == (2, 1) and s.fill_chunks.tolist() == [3] and s.fill_heads.tolist() == [0]
+    slots = cache.slots(torch.tensor([0, 0, 0, 0, 1]), torch.tensor([0, 1, 2, 3, 5]))
+    assert slots[1] == -1 and set(slots[[0, 2, 3]].tolist()) == {0, 1, 2} and slots[4] >= 0
+    assert cache.hit_rate == pytest.approx(2 / 7) and cache.bytes_per_step() == pytest.approx(25.0)
+    over = cache.step(mask([0, 1, 2, 3, 4], []))  # 5 chunks, 3 slots: 2 read uncached, 3 resident
+    assert over.misses == 2 + 0 and over.hits == 3 and over.fill_heads.numel() == 0
+    cache.clear()
+    assert cache.step(mask([0], [0])).misses == 2
 
 
 def test_streaming_positions() -> None:

@@ -216,6 +216,25 @@ def test_nosa_store_reports_resident_cache_hits() -> None:
     assert store.cache.hit_rate > 0.7
 
 
+def test_nosa_resident_tier_serves_hits_from_the_pool_and_copies_only_misses() -> None:
+    """Same values whether a chunk is read from the resident tier or the offload tier; only misses move bytes."""
+    base = dict(rank=8, budget=96, n_local=16, n_outlier_chunks=2, max_change=1)
+    big, tiny = NosaKvParams(**base, resident_chunks=64), NosaKvParams(**base, resident_chunks=1)
+    outs: dict[int, list[torch.Tensor]] = {64: [], 1: []}
+    moved: dict[int, list[tuple[int, int]]] = {64: [], 1: []}
+    for params in (big, tiny):
+        def check(out, k, v, stats, q, params=params):
+            outs[params.resident_chunks].append(out)
+            moved[params.resident_chunks].append((stats.offload_bytes_read, stats.cache_misses))
+        store = _run(params, n0=300, steps=12, check=check)
+        assert store.pool_bytes() >= HKV * params.resident_chunks * 8 * D * 4  # the resident tier is pool memory
+    for a, b in zip(outs[64], outs[1]):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    chunk_bytes = 8 * D * 4
+    assert all(read == misses * chunk_bytes for read, misses in moved[64])  # every selected chunk fits: misses only
+    assert sum(r for r, _ in moved[64][1:]) < sum(r for r, _ in moved[1][1:]) / 4  # tiny tier: most reads cross
+
+
 @pytest.mark.parametrize("n0", [0, 5, 24])
 def test_short_prompts_then_long_decode_stay_exact(n0: int) -> None:
     params = ShadowKvParams(rank=HKV * D, budget=4096, n_local=16, n_outlier_chunks=1)
