@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-FALLBACK_REASONS = ("short_segment", "error")
-"""Why a sparse-eligible prefill segment ran dense (each is logged and counted)."""
+FALLBACK_REASONS = ("short_segment", "error", "no_history")
+"""Why a sparse-eligible prefill segment ran dense, or a windowed layer's segment read only the pool
+window (``no_history``); each is logged and counted."""
 
 KV_COUNTERS = ("decode_steps", "positions_read", "offload_read_bytes", "cache_hits", "cache_misses", "unknown_request",
                "errors")

@@ -21,6 +21,11 @@ compressed KV groups (:mod:`kvcache.head_policy`) are recomputed from the reques
 (:mod:`kvcache.decode_step`); the KV connector (:mod:`kvcache.vllm_connector`) names the
 request of each row and frees stores when requests end. vLLM's kernel still runs every head
 (its output for the compressed heads is replaced), so this path saves no time yet.
+
+*Windowed* layers (``--kv-window-layers``: every KV head compressed, a sliding-window KV spec of
+``kv_threshold`` tokens in vLLM's pool) are planned in their own KV-cache group: prefill
+requests reaching the window become segments computed from the request's exact history, and
+decode stores are built from that history (:mod:`attention_backends.windowed`).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from .head_plan import HeadPlan
 from .paged_kv import gather_sequence_kv
 from .plugin_config import PluginConfig
 from .segment import dense_tail_attention, segment_attention
+from .windowed import HistoryMissing, pool_window, windowed_context
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +119,18 @@ def check_cache_layout(isa: str, dtype: torch.dtype, block_size: int, head_size:
 
 @dataclass(frozen=True)
 class Segment:
-    """One request's sparse prefill segment: its query rows in the batch and its context."""
+    """One request's prefill segment run by us: its query rows in the batch and its context.
+
+    ``dense``: computed exactly (a windowed layer's segment too short for the sparse path);
+    ``slot``: the slot its first row writes (names the request in windowed layers).
+    """
 
     q_start: int
     q_end: int
     seq_len: int
     block_ids: torch.Tensor
+    dense: bool = False
+    slot: int = -1
 
 
 @dataclass(frozen=True)
@@ -133,15 +145,16 @@ class KvRow:
 
 @dataclass
 class BatchPlan:
-    """Split of one batch into vLLM-kernel rows and sparse segments, plus the compressed-decode rows.
+    """Split of one batch into vLLM-kernel rows and our segments, plus the compressed-decode rows.
 
     Without segments every row runs vLLM's kernel; ``kv_rows`` then replace its output for the
-    compressed heads.
+    compressed heads. ``window``: the sliding window of a windowed layer group (0: none).
     """
 
     segments: list[Segment]
     kv_rows: list[KvRow] = field(default_factory=list)
     rope: RopeSpec | None = None
+    window: int = 0
     dense_rows: torch.Tensor | None = None
     dense_metadata: CPUAttentionMetadata | None = None
 
@@ -162,11 +175,18 @@ class SparseCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         rt = runtime()
         self._config = rt.config
         self._rope: RopeSpec | None = None
+        self._window = 0
         if rt.kv_plan is not None:
             if not has_kv_transfer_group():
                 raise RuntimeError("compressed decode (kv_policies) needs the sparse-serve KV connector "
                                    "(kv_transfer_config); start the engine through `sparse-serve serve`")
             self._rope = RopeSpec(*model_rope(vllm_config.model_config.hf_config))
+            if self.window_size > 0:
+                if self.window_size != self._config.kv_threshold:
+                    raise RuntimeError(f"windowed layers {layer_names[:3]}... have a {self.window_size}-token "
+                                       f"window; sparse-serve needs it equal to kv_threshold "
+                                       f"({self._config.kv_threshold})")
+                self._window = self.window_size
         # count tokens once per batch: on TP rank 0 of the pipeline stage holding layer 0
         has_first_layer = any(extract_layer_index(name) == 0 for name in layer_names)
         self._stats = rt.stats if has_first_layer else None
@@ -185,24 +205,28 @@ class SparseCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         dense_reqs: list[int] = []
         dense_prefill = 0
         slots = cm.slot_mapping.cpu() if self._rope is not None else None
+        window = self._window
         for i in range(cm.num_reqs):
             q_len, seq_len = qsl[i + 1] - qsl[i], seq_lens[i]
             if slots is not None and q_len == 1 and seq_len >= self._config.kv_threshold:
                 kv_rows.append(KvRow(qsl[i], int(slots[qsl[i]]), seq_len, cm.block_table_tensor[i]))
             long_context = q_len > 1 and seq_len >= self._config.threshold
-            if long_context and q_len >= self._config.min_segment:
-                segments.append(Segment(qsl[i], qsl[i + 1], seq_len, cm.block_table_tensor[i]))
-                continue
-            dense_reqs.append(i)
-            if q_len > 1:
-                dense_prefill += q_len
-            if long_context and self._stats is not None:
+            sparse = long_context and q_len >= self._config.min_segment
+            if long_context and not sparse and self._stats is not None:
                 self._stats.add_fallback("short_segment")
+            if q_len > 1 and not sparse:
+                dense_prefill += q_len
+            if sparse or (window and q_len > 1 and seq_len >= window):
+                slot = int(slots[qsl[i]]) if window and slots is not None else -1
+                segments.append(Segment(qsl[i], qsl[i + 1], seq_len, cm.block_table_tensor[i], dense=not sparse,
+                                        slot=slot))
+            else:
+                dense_reqs.append(i)
         if self._stats is not None:
-            self._stats.add_tokens(sum(s.q_end - s.q_start for s in segments), dense_prefill)
+            self._stats.add_tokens(sum(s.q_end - s.q_start for s in segments if not s.dense), dense_prefill)
         if not segments and not kv_rows:
             return SparsePrefillMetadata(**fields)
-        plan = BatchPlan(segments=segments, kv_rows=kv_rows, rope=self._rope)
+        plan = BatchPlan(segments=segments, kv_rows=kv_rows, rope=self._rope, window=window)
         if segments and dense_reqs:
             plan.dense_rows, sub = self._sub_batch(cm, dense_reqs)
             plan.dense_metadata = super().build(0, sub, fast_build)
@@ -259,37 +283,51 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
         if plan is None or not plan.segments:
             super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
                             output_scale, output_block_scale)
-            if plan is not None:
-                self._compressed_decode(layer, query, key, value, kv_cache, plan, output)
-            return output
-        if plan.dense_rows is not None:
+        elif plan.dense_rows is not None:
             rows = plan.dense_rows
             dense_out = output.new_empty((rows.numel(), *output.shape[1:]))
             super().forward(layer, query[rows], key[rows], value[rows], kv_cache,
                             plan.dense_metadata, dense_out)
             output[rows] = dense_out
-        layer_idx, groups = self._groups(layer)
-        executor = self._runtime.config.executor or ("triton" if query.is_cuda else "gather")
-        stats = self._runtime.stats
+        if plan is None:
+            return output
         for seg in plan.segments:
-            k_all, v_all = gather_sequence_kv(kv_cache, seg.block_ids, seg.seq_len)
-            q = query[seg.q_start:seg.q_end].transpose(0, 1)
-            try:
-                out, pairs = segment_attention(q, k_all, v_all, list(groups), scale=self.scale,
-                                               backend=executor,
-                                               dense_tail=self._runtime.config.dense_tail)
-            except Exception:  # noqa: BLE001 - any failure of the sparse path runs dense, counted
-                logger.exception("sparse prefill failed on layer %d (%d tokens); running dense",
-                                 layer_idx, seg.seq_len)
-                if stats is not None:
-                    stats.add_fallback("error")
-                out = dense_tail_attention(q, k_all, v_all, scale=self.scale)
-            else:
-                if stats is not None:
-                    stats.add_pairs(layer_idx, pairs.kept_pairs, pairs.causal_pairs)
-            output[seg.q_start:seg.q_end] = out.transpose(0, 1).to(output.dtype)
+            output[seg.q_start:seg.q_end] = self._segment(layer, seg, query, key, value, kv_cache, plan.window)
         self._compressed_decode(layer, query, key, value, kv_cache, plan, output)
         return output
+
+    def _segment(self, layer, seg: Segment, query, key, value, kv_cache, window: int) -> torch.Tensor:
+        """Attention output ``[Nq, Hq, D]`` of one segment: sparse per head group, or dense."""
+        layer_idx, groups = self._groups(layer)
+        stats = self._runtime.stats
+        rows = slice(seg.q_start, seg.q_end)
+        if window:
+            try:
+                k_all, v_all = windowed_context(STORES, request_at_slot(seg.slot), layer_idx, kv_cache, seg.block_ids,
+                                                seg.seq_len, key[rows], value[rows], window)
+            except HistoryMissing as exc:
+                logger.error("layer %d: %s; attending to the %d-token pool window only", layer_idx, exc, window)
+                if stats is not None:
+                    stats.add_fallback("no_history")
+                k_all, v_all = pool_window(kv_cache, seg.block_ids, seg.seq_len, window)
+        else:
+            k_all, v_all = gather_sequence_kv(kv_cache, seg.block_ids, seg.seq_len)
+        q = query[rows].transpose(0, 1)
+        if seg.dense:
+            return dense_tail_attention(q, k_all, v_all, scale=self.scale).transpose(0, 1).to(query.dtype)
+        executor = self._runtime.config.executor or ("triton" if query.is_cuda else "gather")
+        try:
+            out, pairs = segment_attention(q, k_all, v_all, list(groups), scale=self.scale, backend=executor,
+                                           dense_tail=self._runtime.config.dense_tail)
+        except Exception:  # noqa: BLE001 - any failure of the sparse path runs dense, counted
+            logger.exception("sparse prefill failed on layer %d (%d tokens); running dense", layer_idx, seg.seq_len)
+            if stats is not None:
+                stats.add_fallback("error")
+            out = dense_tail_attention(q, k_all, v_all, scale=self.scale)
+        else:
+            if stats is not None:
+                stats.add_pairs(layer_idx, pairs.kept_pairs, pairs.causal_pairs)
+        return out.transpose(0, 1).to(query.dtype)
 
     def _compressed_decode(self, layer, query, key, value, kv_cache, plan: BatchPlan, output) -> None:
         """Replace the compressed heads' output of every planned decode row by its store's attention."""
@@ -299,22 +337,30 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
         layer_idx, _ = self._groups(layer)
         groups = rt.kv_plan.groups(layer_idx)
         stats = rt.stats
+        window = plan.window
+        if window and sum(len(g.kv_heads) for g in groups) != self.num_kv_heads:
+            raise RuntimeError(f"layer {layer_idx} has a sliding-window KV spec but not all its KV heads compressed")
         for row in plan.kv_rows:
             request = request_at_slot(row.slot)
             if request is None:
-                logger.warning("layer %d: no request writes slot %d; decode row keeps the exact KV", layer_idx, row.slot)
+                logger.warning("layer %d: no request writes slot %d; decode row keeps vLLM's output", layer_idx, row.slot)
                 if stats is not None:
                     stats.add_kv(unknown_request=1)
                 continue
+            r = slice(row.row, row.row + 1)
+
+            def context(row: KvRow = row, request: str = request, r: slice = r) -> tuple[torch.Tensor, torch.Tensor]:
+                if window:
+                    return windowed_context(STORES, request, layer_idx, kv_cache, row.block_ids, row.seq_len,
+                                            key[r], value[r], window)
+                return gather_sequence_kv(kv_cache, row.block_ids, row.seq_len)
             for g, group in enumerate(groups):
-                def context(row: KvRow = row) -> tuple[torch.Tensor, torch.Tensor]:
-                    return gather_sequence_kv(kv_cache, row.block_ids, row.seq_len)
                 try:
                     out, st = group_decode(STORES, request, (layer_idx, g), group, query[row.row], key[row.row],
                                            value[row.row], row.seq_len - 1, context, plan.rope, self.scale)
-                except Exception:  # noqa: BLE001 - the row keeps vLLM's exact output, counted
-                    logger.exception("compressed decode failed on layer %d for request %s; exact KV used",
-                                     layer_idx, request)
+                except Exception:  # noqa: BLE001 - the row keeps vLLM's output, counted
+                    logger.exception("compressed decode failed on layer %d for request %s; vLLM's output kept%s",
+                                     layer_idx, request, " (windowed layer: the pool window only)" if window else "")
                     STORES.free(request)
                     if stats is not None:
                         stats.add_kv(errors=1)
@@ -323,6 +369,8 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                 if stats is not None:
                     stats.add_kv(decode_steps=1, positions_read=sum(st.positions), offload_read_bytes=st.offload_bytes_read,
                                  cache_hits=st.cache_hits, cache_misses=st.cache_misses)
+            if window:
+                STORES.drop_history(request, layer_idx)  # the stores hold the sequence now
 
 
 class SparseCPUAttentionBackend(CPUAttentionBackend):

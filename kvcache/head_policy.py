@@ -113,6 +113,11 @@ class KvPlan:
     def any_compressed(self) -> bool:
         return any(self.layers)
 
+    def windowed_layers(self, num_kv_heads: int) -> tuple[int, ...]:
+        """Layers whose ``num_kv_heads`` (local) KV heads are all compressed: no exact head needs their old KV."""
+        return tuple(i for i, groups in enumerate(self.layers)
+                     if sum(len(g.kv_heads) for g in groups) == num_kv_heads)
+
 
 def kv_policy_counts(profile: Profile) -> dict[str, int]:
     """How many KV heads (all layers, whole model) run each policy after the GQA merge."""

@@ -4,21 +4,30 @@ The engine creates a request's stores at prefill, reads them at each decode step
 when the request finishes, is aborted or is preempted. A preempted request that is recomputed
 calls :meth:`StoreRegistry.create` again: the old store of that (request, key) is freed and
 a fresh one replaces it. The key names the store within the request: a layer, or (layer, group)
-when a layer's KV heads are split over several policies. Totals over all stores make leaks observable (they must return to 0).
+when a layer's KV heads are split over several policies. A request's windowed layers also hold
+their exact :class:`~kvcache.history.KvHistory` here until the layer's stores are built from it.
+Totals over all stores make leaks observable (they must return to 0).
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
 
+import torch
+
+from .history import KvHistory
 from .store import AnyKvParams, SequenceKvStore
 
 
+def _history_key(layer: int) -> tuple[str, int]:
+    return ("history", layer)
+
+
 class StoreRegistry:
-    """``{request_id: {key: SequenceKvStore}}`` with byte totals."""
+    """``{request_id: {key: SequenceKvStore | KvHistory}}`` with byte totals."""
 
     def __init__(self) -> None:
-        self._stores: dict[Hashable, dict[Hashable, SequenceKvStore]] = {}
+        self._stores: dict[Hashable, dict[Hashable, SequenceKvStore | KvHistory]] = {}
 
     def __len__(self) -> int:
         """Number of requests holding stores."""
@@ -38,14 +47,31 @@ class StoreRegistry:
 
     def get(self, request_id: Hashable, key: Hashable) -> SequenceKvStore:
         """The store of ``(request_id, key)``; ``KeyError`` if there is none."""
-        try:
-            return self._stores[request_id][key]
-        except KeyError:
-            raise KeyError(f"no KV store for request {request_id!r}, key {key!r}") from None
+        store = self.find(request_id, key)
+        if store is None:
+            raise KeyError(f"no KV store for request {request_id!r}, key {key!r}")
+        return store
 
     def find(self, request_id: Hashable, key: Hashable) -> SequenceKvStore | None:
         """The store of ``(request_id, key)``, or ``None``."""
-        return self._stores.get(request_id, {}).get(key)
+        store = self._stores.get(request_id, {}).get(key)
+        return store if isinstance(store, SequenceKvStore) else None
+
+    def history(self, request_id: Hashable, layer: int, num_kv_heads: int = 0, head_dim: int = 0,
+                dtype: torch.dtype | None = None) -> KvHistory | None:
+        """The request's history of ``layer``; created empty when ``dtype`` is given and there is none."""
+        stores = self._stores.get(request_id, {})
+        found = stores.get(_history_key(layer))
+        if found is None and dtype is not None:
+            found = self._stores.setdefault(request_id, {})[_history_key(layer)] = KvHistory(num_kv_heads, head_dim,
+                                                                                             dtype=dtype)
+        return found if isinstance(found, KvHistory) else None
+
+    def drop_history(self, request_id: Hashable, layer: int) -> None:
+        """Free the request's history of ``layer`` (its stores hold the sequence now)."""
+        found = self._stores.get(request_id, {}).pop(_history_key(layer), None)
+        if found is not None:
+            found.free()
 
     def free(self, request_id: Hashable) -> int:
         """Free every store of a request (no-op if unknown); returns the bytes released (both tiers)."""

@@ -5,15 +5,17 @@ request ends. Its KV-transfer extension point does both: a connector class, load
 path through ``kv_transfer_config``, builds per-step metadata in the scheduler process and
 hands it to every worker before the forward pass. Ours carries
 
-* ``slots``: for every scheduled request, the KV-cache slot its first new token is written to.
-  A slot being written belongs to exactly one request, so the attention backend maps a batch
-  row to its request through the row's ``slot_mapping`` (:func:`request_at_slot`);
+* ``slots``: for every scheduled request and KV-cache group, the slot its first new token is
+  written to. All groups draw their blocks from one pool and a slot being written belongs to
+  exactly one request, so the attention backend of any group maps a batch row to its request
+  through the row's ``slot_mapping`` (:func:`request_at_slot`);
 * ``preempted``: requests whose KV vLLM dropped; their stores are freed (a recomputed request
   starts a fresh store).
 
 Finished and aborted requests reach the worker through ``get_finished``; their stores are freed
 there. The stores themselves live in this process's :data:`STORES` (one per worker process).
-Nothing is transferred: the connector never loads or saves vLLM's paged KV.
+Nothing is transferred: the connector never loads or saves vLLM's paged KV. It supports vLLM's
+hybrid KV-cache manager (``SupportsHMA``), which windowed layers (sliding-window KV spec) need.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorBase_V1,
     KVConnectorMetadata,
     KVConnectorRole,
+    SupportsHMA,
 )
 
 from .registry import StoreRegistry
@@ -60,13 +63,13 @@ class StepRequests(KVConnectorMetadata):
     preempted: set[str] = field(default_factory=set)
 
 
-class SparseServeKvConnector(KVConnectorBase_V1):
+class SparseServeKvConnector(KVConnectorBase_V1, SupportsHMA):
     """Request identity and lifecycle for the compressed KV stores (no KV transfer)."""
 
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any = None) -> None:
         super().__init__(vllm_config, role, kv_cache_config)
         self._block_size = vllm_config.cache_config.block_size
-        self._blocks: dict[str, list[int]] = {}  # scheduler side: group-0 block ids per request
+        self._blocks: dict[str, list[list[int]]] = {}  # scheduler side: block ids per request and KV-cache group
 
     # ---- scheduler side -------------------------------------------------------------------
     def get_num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[int, bool]:
@@ -78,26 +81,36 @@ class SparseServeKvConnector(KVConnectorBase_V1):
     def build_connector_meta(self, scheduler_output: Any) -> StepRequests:
         meta = StepRequests(preempted=set(scheduler_output.preempted_req_ids or ()))
         for req in scheduler_output.scheduled_new_reqs:
-            self._blocks[req.req_id] = list(req.block_ids[0])
-            meta.slots[self._slot(req.req_id, req.num_computed_tokens)] = req.req_id
+            self._blocks[req.req_id] = [list(group) for group in req.block_ids]
+            self._name_slots(meta, req.req_id, req.num_computed_tokens)
         cached = scheduler_output.scheduled_cached_reqs
         for i, req_id in enumerate(cached.req_ids):
             new = cached.new_block_ids[i]
             if req_id in cached.resumed_req_ids:
-                self._blocks[req_id] = list(new[0]) if new is not None else []
+                self._blocks[req_id] = [list(group) for group in new] if new is not None else []
             elif new is not None:
-                self._blocks.setdefault(req_id, []).extend(new[0])
-            meta.slots[self._slot(req_id, cached.num_computed_tokens[i])] = req_id
+                tables = self._blocks.setdefault(req_id, [])
+                tables.extend([] for _ in range(len(new) - len(tables)))
+                for table, group in zip(tables, new):
+                    table.extend(group)
+            self._name_slots(meta, req_id, cached.num_computed_tokens[i])
         for req_id in scheduler_output.finished_req_ids:
             self._blocks.pop(req_id, None)
         return meta
 
-    def _slot(self, req_id: str, position: int) -> int:
-        return self._blocks[req_id][position // self._block_size] * self._block_size + position % self._block_size
+    def _name_slots(self, meta: StepRequests, req_id: str, position: int) -> None:
+        """Name ``req_id`` as the writer of ``position``'s slot in every KV-cache group."""
+        bs = self._block_size
+        for table in self._blocks[req_id]:
+            meta.slots[table[position // bs] * bs + position % bs] = req_id
 
     def request_finished(self, request: Any, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         self._blocks.pop(request.request_id, None)
         return False, None  # nothing in flight: vLLM frees the blocks now
+
+    def request_finished_all_groups(self, request: Any,
+                                    block_ids: tuple[list[int], ...]) -> tuple[bool, dict[str, Any] | None]:
+        return self.request_finished(request, [])
 
     # ---- worker side ----------------------------------------------------------------------
     def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:

@@ -31,12 +31,15 @@ def on_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def engine_args(settings: ServerSettings, model_dir: Path) -> AsyncEngineArgs:
-    """vLLM engine arguments for `settings` (model folder already resolved)."""
+def engine_args(settings: ServerSettings, model_dir: Path,
+                overrides: dict[str, Any] | None = None) -> AsyncEngineArgs:
+    """vLLM engine arguments for `settings` (model folder already resolved); `overrides` win."""
     eager = settings.enforce_eager if settings.enforce_eager is not None else not on_cuda()
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"enable_prefix_caching": settings.enable_prefix_caching}
     if settings.max_num_seqs is not None:
         extra["max_num_seqs"] = settings.max_num_seqs
+    if settings.kv_cache_memory_bytes is not None:
+        extra["kv_cache_memory_bytes"] = settings.kv_cache_memory_bytes
     if settings.max_num_batched_tokens is not None:
         extra["max_num_batched_tokens"] = settings.max_num_batched_tokens
     if settings.sparse and settings.kv_policies:
@@ -50,12 +53,11 @@ def engine_args(settings: ServerSettings, model_dir: Path) -> AsyncEngineArgs:
         max_model_len=settings.max_model_len,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         enforce_eager=eager,
-        enable_prefix_caching=settings.enable_prefix_caching,
         tensor_parallel_size=settings.tensor_parallel_size,
         pipeline_parallel_size=settings.pipeline_parallel_size,
         seed=settings.seed,
         disable_log_stats=False,
-        **extra,
+        **(extra | (overrides or {})),
     )
 
 
@@ -75,11 +77,12 @@ class Engine:
 
     @classmethod
     def start(cls, settings: ServerSettings, model_dir: Path,
-              stat_loggers: list[Callable[..., Any]] | None = None) -> "Engine":
+              stat_loggers: list[Callable[..., Any]] | None = None,
+              overrides: dict[str, Any] | None = None) -> "Engine":
         t0 = time.perf_counter()
         if not on_cuda():
             apply_cpu_binding(settings.cpu_bind, settings.world_size)
-        llm = AsyncLLM.from_engine_args(engine_args(settings, model_dir), stat_loggers=stat_loggers)
+        llm = AsyncLLM.from_engine_args(engine_args(settings, model_dir, overrides), stat_loggers=stat_loggers)
         max_len = llm.vllm_config.model_config.max_model_len
         logger.info("engine ready in %.1f s: %s (max_model_len %d, dtype %s)",
                     time.perf_counter() - t0, model_dir, max_len, llm.vllm_config.model_config.dtype)

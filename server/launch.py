@@ -35,7 +35,8 @@ async def _serve(settings: ServerSettings) -> None:
     metrics = ServerMetrics(served_name(settings, model_dir))
     if sparse is not None:
         metrics.add_sparse_collector(sparse.stats, sparse.pattern_counts, sparse.kv_counts)
-    engine = Engine.start(settings, model_dir, stat_loggers=[metrics.stat_logger_factory()])
+    overrides = sparse.engine_overrides() if sparse is not None else None
+    engine = Engine.start(settings, model_dir, stat_loggers=[metrics.stat_logger_factory()], overrides=overrides)
     if sparse is not None:
         try:
             sparse.verify_engine()

@@ -60,6 +60,10 @@ class ServerSettings(BaseSettings):
         description="Fraction of accelerator memory for weights + KV pool. On CPU vLLM sizes the KV "
         "pool from host memory with it (0.25 of 24 GiB leaves room for the OS and the test suite).",
     )
+    kv_cache_memory_bytes: int | None = Field(
+        None, ge=1 << 20, description="KV pool size in bytes per engine rank; replaces the sizing "
+        "from --gpu-memory-utilization. On CPU hosts whose NUMA node reports less memory than the "
+        "machine has (some VMs), the fraction of the node's memory can leave no room for a pool.")
     enforce_eager: bool | None = Field(
         None,
         description="Disable graph capture / torch.compile. Default: on for CPU (engine start ~25 s "
@@ -105,10 +109,14 @@ class ServerSettings(BaseSettings):
     kv_policies: bool = Field(
         False, description="Decode long requests through the profile's compressed KV policies "
         "(ShadowKV / NOSA / streaming stores per KV head, kvcache/). Experimental: vLLM's pool "
-        "still holds every token's KV, so this does not yet save pool memory. Needs sparse.")
+        "still holds every token's KV unless --kv-window-layers. Needs sparse.")
     kv_threshold: int = Field(
         4096, ge=1, description="With --kv-policies: requests whose context is shorter decode "
         "with the exact KV.")
+    kv_window_layers: bool = Field(
+        False, description="With --kv-policies: layers whose KV heads are all compressed keep only "
+        "a sliding window of --kv-threshold tokens in vLLM's pool (vLLM frees older blocks; the "
+        "stores hold the compressed history). Turns prefix caching off.")
     cpu_bind: str = Field(
         "auto", description="CPU host only: cores for the engine's OpenMP threads. auto: all of "
         "them on hosts with <= 4 CPUs (2.1x faster prefill measured on 2 cores), else vLLM's own "

@@ -20,7 +20,7 @@ import profiles
 from attention_backends.engine_stats import EngineStats
 from attention_backends.head_plan import pattern_counts
 from attention_backends.plugin_config import PluginConfig
-from kvcache.head_policy import kv_policy_counts
+from kvcache.head_policy import KvPlan, kv_policy_counts
 from profiles.schema import Profile, ProfileError, check_fingerprint, fingerprint_from_dir, load_profile
 from server.settings import ServerSettings
 
@@ -48,10 +48,33 @@ class SparseSetup:
     profile: Profile
     stats: EngineStats
     _tmpdir: tempfile.TemporaryDirectory
+    window_layers: bool = False
 
     @property
     def pattern_counts(self) -> dict[str, int]:
         return pattern_counts(self.profile)
+
+    @property
+    def windowed_layers(self) -> tuple[int, ...]:
+        """Layers given a sliding-window KV spec of ``kv_threshold`` tokens (``--kv-window-layers``)."""
+        if not (self.config.kv_policies and self.window_layers):
+            return ()
+        m = self.profile.model
+        return KvPlan.from_profile(self.profile, range(m.num_q_heads)).windowed_layers(m.num_kv_heads)
+
+    def engine_overrides(self) -> dict[str, object]:
+        """Engine arguments the armed plugin needs: the windowed layers' sliding window, no prefix caching.
+
+        The window goes through vLLM's ``hf_overrides`` as per-layer ``layer_types`` (vLLM's Llama
+        reads them), so vLLM's own KV-cache manager frees those layers' old blocks. Prefix caching
+        is turned off: a prefix-cache hit would start a request past the window with no history.
+        """
+        windowed = set(self.windowed_layers)
+        if not windowed:
+            return {}
+        types = ["sliding_attention" if i in windowed else "full_attention" for i in range(self.profile.model.num_layers)]
+        return {"hf_overrides": {"layer_types": types, "sliding_window": self.config.kv_threshold},
+                "enable_prefix_caching": False}
 
     @property
     def kv_counts(self) -> dict[str, int] | None:
@@ -71,8 +94,12 @@ class SparseSetup:
                     self.stats.active_layers, self.config.profile, counts, self.config.threshold)
         if self.kv_counts is not None:
             kv = ", ".join(f"{n} {p}" for p, n in self.kv_counts.items())
-            logger.info("compressed decode: KV heads %s; for context >= %d tokens (vLLM's pool still "
-                        "holds the full KV)", kv, self.config.kv_threshold)
+            windowed = self.windowed_layers
+            pool = (f"{len(windowed)} windowed layers keep a {self.config.kv_threshold}-token window in vLLM's "
+                    f"pool (layers {list(windowed)}; prefix caching off)" if windowed
+                    else "vLLM's pool still holds the full KV")
+            logger.info("compressed decode: KV heads %s; for context >= %d tokens; %s", kv,
+                        self.config.kv_threshold, pool)
 
     def close(self) -> None:
         PluginConfig.clear_env()
@@ -102,6 +129,8 @@ def resolve_profile(settings: ServerSettings, model_dir: Path) -> tuple[Path, Pr
 
 def arm(settings: ServerSettings, model_dir: Path) -> SparseSetup | None:
     """Validate the profile and export the plugin config; ``None`` when serving dense."""
+    if settings.kv_window_layers and not settings.kv_policies:
+        raise SparseSetupError("--kv-window-layers needs --kv-policies")
     if not settings.sparse:
         if settings.kv_policies:
             raise SparseSetupError("--kv-policies needs the sparse backend; drop --no-sparse or --kv-policies")
@@ -119,4 +148,9 @@ def arm(settings: ServerSettings, model_dir: Path) -> SparseSetup | None:
                           kv_policies=settings.kv_policies, kv_threshold=settings.kv_threshold,
                           stats_path=stats_path)
     config.to_env()
-    return SparseSetup(config=config, profile=profile, stats=stats, _tmpdir=tmpdir)
+    setup = SparseSetup(config=config, profile=profile, stats=stats, _tmpdir=tmpdir,
+                        window_layers=settings.kv_window_layers)
+    if settings.kv_window_layers and not setup.windowed_layers:
+        logger.warning("--kv-window-layers: no layer of profile %s has all its KV heads compressed; "
+                       "vLLM's pool keeps the full KV of every layer", path)
+    return setup

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import re
 import subprocess
 import sys
 import time
@@ -84,6 +85,25 @@ def exact_kv_server(launch_server, tmp_path_factory):
     with launch_server("--profile", str(path), "--sparse-threshold", str(FULL_THRESHOLD), "--kv-policies",
                        "--kv-threshold", str(FULL_THRESHOLD)) as (_, server):
         yield server
+
+
+@pytest.fixture(scope="module")
+def windowed_kv_server(launch_server, tmp_path_factory):
+    """Every layer windowed: exact stores, a 256-token sliding window in vLLM's pool, 512-token prefill chunks."""
+    path = tmp_path_factory.mktemp("profile") / "exact-kv.json"
+    save_profile(exact_kv(full_budget(load_profile(SHIPPED_PROFILE))), path)
+    with launch_server("--profile", str(path), "--sparse-threshold", str(FULL_THRESHOLD), "--kv-policies",
+                       "--kv-threshold", str(FULL_THRESHOLD), "--kv-window-layers",
+                       "--max-num-batched-tokens", str(FULL_CHUNK)) as (_, server):
+        yield server
+
+
+def _max_concurrency(server) -> float:
+    """vLLM's logged pool capacity in requests of max_model_len tokens."""
+    found = re.search(r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+)x",
+                      server.log_path.read_text(errors="replace"))
+    assert found, server.log_tail()
+    return float(found.group(1))
 
 
 def _settled_kv_gauges(server, timeout_s: float = 20) -> dict[str, float]:
@@ -183,6 +203,27 @@ def test_exact_compressed_decode_equals_dense_and_frees_its_stores(exact_kv_serv
     assert _counter(after, "kv_offload_bytes") == 0
 
 
+def test_windowed_layers_free_old_pool_blocks_and_still_equal_dense(windowed_kv_server, dense_server) -> None:
+    """vLLM keeps 256 tokens of every layer; prefill chunks past the window and decode read the history/stores."""
+    log = windowed_kv_server.log_path.read_text(errors="replace")
+    assert "30 windowed layers keep a 256-token window in vLLM's pool" in log
+    assert _max_concurrency(windowed_kv_server) >= 8 * _max_concurrency(dense_server)
+    prompts = [_document(lines, f"win{lines}-") + " Which gate stores the most crates?" for lines in (40, 70)]
+    for prompt in prompts:  # ~0.75K and ~1.3K tokens: 2 and 3 prefill chunks, the window left mid-prefill
+        ours, n = _complete(windowed_kv_server, prompt, max_tokens=24)
+        assert n > FULL_CHUNK
+        assert ours == _complete(dense_server, prompt, max_tokens=24)[0]
+    short = "Count from 1 to 30:"  # decodes past the window: its store is built from the pool at 256 tokens
+    assert _complete(windowed_kv_server, short, max_tokens=260)[0] == _complete(dense_server, short, max_tokens=260)[0]
+    with cf.ThreadPoolExecutor(len(prompts)) as pool:
+        assert list(pool.map(lambda p: _complete(windowed_kv_server, p, max_tokens=24)[0], prompts)) == [
+            _complete(dense_server, p, max_tokens=24)[0] for p in prompts]
+    after = _settled_kv_gauges(windowed_kv_server)
+    assert _counter(after, "kv_errors_total") == 0 and _counter(after, "kv_unknown_request_total") == 0
+    assert _counter(after, "sparse_fallbacks_total", reason="no_history") == 0
+    assert _counter(after, "kv_stores") == 0 and _counter(after, "kv_offload_bytes") == 0
+
+
 def test_compressed_stores_released_after_abort_concurrency_and_100_requests(exact_kv_server) -> None:
     client = _client(exact_kv_server)
     stream = client.completions.create(model=exact_kv_server.model, prompt=_document(40, "abort-"),
@@ -271,7 +312,7 @@ def test_server_refuses_to_start_when_vllm_does_not_load_the_plugin(model_dir: P
     env = dict(os.environ, VLLM_PLUGINS="lora_filesystem_resolver")
     proc = subprocess.run(
         [sys.executable, "-m", "server.cli", "serve", "--model", str(model_dir), "--port", "0",
-         "--dtype", "float32", "--max-model-len", "2048", "--gpu-memory-utilization", "0.12"],
+         "--dtype", "float32", "--max-model-len", "2048", "--kv-cache-memory-bytes", str(1 << 29)],
         env=env, capture_output=True, text=True, timeout=420)
     assert proc.returncode != 0
     assert "vLLM did not select the sparse-serve attention backend" in proc.stderr
@@ -287,7 +328,7 @@ def test_tensor_parallel_ranks_apply_their_own_heads(launch_server, marked_profi
     prompts = [_document(n, f"tp{n}-") + " Which gate stores the most crates?" for n in (70, 100)]
     flags = ("--profile", str(marked_profile), "--sparse-threshold", str(FULL_THRESHOLD),
              "--max-num-batched-tokens", str(FULL_CHUNK), "--max-model-len", "4096",
-             "--gpu-memory-utilization", "0.08")
+             "--kv-cache-memory-bytes", str(400 << 20))
     outputs = {}
     for tp in (1, TP):
         with launch_server(*flags, "--tensor-parallel-size", str(tp)) as (_, server):
