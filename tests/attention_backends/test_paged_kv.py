@@ -6,15 +6,7 @@ import pytest
 import torch
 
 from attention_backends.paged_kv import gather_sequence_kv
-
-
-def _write_with_vllm(cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
-    from vllm import _custom_ops as ops
-
-    nb, hkv, bs, two_d = cache.shape
-    key_cache, value_cache = cache.view(nb, hkv, 2 * bs, two_d // 2).chunk(2, dim=2)
-    ops.cpu_attn_reshape_and_cache(k, v, key_cache, value_cache, slots, "vec",
-                                   k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
+from paged_cache import write_with_vllm
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -28,7 +20,7 @@ def test_sequence_scattered_over_blocks_reads_back_exactly(dtype: torch.dtype, b
     cache = torch.zeros(6, hkv, block_size, 2 * d, dtype=dtype)
     k = torch.randn(n, hkv, d, generator=g).to(dtype)
     v = torch.randn(n, hkv, d, generator=g).to(dtype)
-    _write_with_vllm(cache, k, v, slots)
+    write_with_vllm(cache, k, v, slots)
     got_k, got_v = gather_sequence_kv(cache, torch.cat([block_ids, torch.tensor([0, 0])]), n)
     assert torch.equal(got_k, k.transpose(0, 1)) and torch.equal(got_v, v.transpose(0, 1))
     assert got_k.is_contiguous() and got_k.dtype == dtype

@@ -67,3 +67,17 @@ def test_worker_side_binds_slots_and_frees_stores() -> None:
     finally:
         vc.STEP_END_HOOKS.clear()
         vc.STORES.free_all()
+
+
+def test_slots_are_named_in_every_kv_cache_group() -> None:
+    """With windowed layers vLLM's hybrid manager gives a request one block table per group."""
+    sched = SparseServeKvConnector(CONFIG, KVConnectorRole.SCHEDULER)
+    new = SimpleNamespace(req_id="a", block_ids=([7, 3], [8, 2]), num_computed_tokens=20)
+    meta = sched.build_connector_meta(_step(new=[new]))
+    assert meta.slots == {3 * BLOCK + 4: "a", 2 * BLOCK + 4: "a"}
+    # decode at position 32: both groups get a new block (the windowed group's old blocks may be freed)
+    step = _step(cached=[("a", None, 32, False)])
+    step.scheduled_cached_reqs.new_block_ids = [([9], [4])]
+    assert sched.build_connector_meta(step).slots == {9 * BLOCK: "a", 4 * BLOCK: "a"}
+    assert sched.request_finished_all_groups(SimpleNamespace(request_id="a"), ([7, 3, 9], [0, 2, 4])) == (False, None)
+    assert "a" not in sched._blocks

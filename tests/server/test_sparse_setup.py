@@ -111,6 +111,33 @@ def test_kv_policies_are_exported_with_their_head_counts_and_need_sparse(model_d
     assert engine_args(ServerSettings(model=model_dir), model_dir).kv_transfer_config is None
 
 
+def test_window_layers_give_fully_compressed_layers_a_sliding_window_and_turn_prefix_caching_off(
+        model_dir: Path, monkeypatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.raises(SparseSetupError, match="--kv-window-layers needs --kv-policies"):
+        arm(ServerSettings(model=model_dir, kv_window_layers=True), model_dir)
+    settings = ServerSettings(model=model_dir, kv_policies=True, kv_window_layers=True, kv_threshold=2048,
+                              kv_cache_memory_bytes=1 << 30)
+    setup = arm(settings, model_dir)
+    try:
+        assert setup.windowed_layers == (13,)  # the shipped profile compresses every KV head of layer 13 only
+        overrides = setup.engine_overrides()
+        types = overrides["hf_overrides"]["layer_types"]
+        assert types[13] == "sliding_attention" and types.count("full_attention") == 29
+        assert overrides["hf_overrides"]["sliding_window"] == 2048
+        args = engine_args(settings, model_dir, overrides)
+        assert not args.enable_prefix_caching and args.hf_overrides == overrides["hf_overrides"]
+        assert args.kv_cache_memory_bytes == 1 << 30
+    finally:
+        setup.close()
+    plain = arm(ServerSettings(model=model_dir, kv_policies=True), model_dir)
+    try:
+        assert plain.windowed_layers == () and plain.engine_overrides() == {}
+        assert engine_args(ServerSettings(model=model_dir), model_dir, {}).enable_prefix_caching
+    finally:
+        plain.close()
+
+
 def test_profile_errors_are_profile_errors(tmp_path: Path, model_dir: Path) -> None:
     with pytest.raises(ProfileError, match="cannot read profile"):
         resolve_profile(ServerSettings(model=model_dir, profile=tmp_path / "missing.json"), model_dir)
