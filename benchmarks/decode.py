@@ -5,7 +5,10 @@ prefill, sparse per the profile, is the same): ``dense`` decodes with vLLM's exa
 adds ``--kv-policies`` (per-head ShadowKV / NOSA / streaming stores from the profile,
 :mod:`kvcache`). For every context length one synthetic document is prefilled once (prefix
 caching on; every later request shares its blocks and adds a short distinct suffix), then
-``batch`` concurrent streams generate ``--tokens`` tokens each with ``ignore_eos``.
+``batch`` concurrent streams generate ``--tokens`` tokens each with ``ignore_eos``. With
+``--kv-window-layers`` ours also gives the layers whose KV heads are all compressed a sliding
+window of ``--kv-threshold`` tokens in vLLM's pool; prefix caching is then off, so every stream
+prefills its own copy of the document.
 
 Rows, per context and batch:
 
@@ -13,12 +16,14 @@ Rows, per context and batch:
   steady window (from the moment every stream has its 3rd token, so that store builds are not
   counted, to the first stream's end);
 * ``pool_bytes_per_token_dense``: vLLM's KV pool bytes per token (all layers, K and V);
-  ``pool_bytes_per_token_ours``: what vLLM's pool still holds per token plus the stores' pool
-  tier (peak ``kv_pool_bytes`` over ``batch x context`` tokens);
+  ``pool_bytes_per_token_ours``: what vLLM's pool still holds per token (whole blocks; a windowed
+  layer keeps its window's blocks, :func:`pool_bytes_per_request`) plus the stores' pool tier
+  (peak ``kv_pool_bytes`` over ``batch x context`` tokens);
 * ``compressed_head_pool_ratio``: exact KV bytes of one KV head per token over the stores' pool
   bytes per token and compressed KV head (the per-head saving the stores achieve);
-* ``max_concurrent_dense`` / ``max_concurrent_ours``: requests of this context that vLLM's pool
-  admits (its size in tokens, logged at start-up, over the blocks one request holds);
+* ``max_concurrent_dense`` / ``max_concurrent_ours``: requests of this context, decoding, that
+  fit in the fixed pool of ``--kv-cache-memory-bytes``: its bytes over the bytes one request
+  holds there (ours: vLLM's blocks plus its stores' pool tier);
 * ``offload_bytes_per_token``: bytes read from the offload tier per generated token.
 
     python benchmarks/decode.py --contexts 8192,16384,32768 --batch 1,8 --json out.json
@@ -54,7 +59,7 @@ from tests.conftest import start_server, stop_server  # noqa: E402
 BLOCK_SIZE = 16  # vLLM's CPU KV block (tokens)
 STEADY_FROM = 3  # tokens per stream before the steady window opens
 _METRIC = re.compile(r"^sparse_serve:(kv_[a-z_]+?)(?:_total)?\{[^}]*\} ([0-9.e+-]+)$", re.M)
-_POOL_TOKENS = re.compile(r"KV cache size: ([\d,]+) tokens")
+_WINDOWED = re.compile(r"(\d+) windowed layers keep a (\d+)-token window")
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -144,11 +149,21 @@ def run_batch(server, prompts: list[list[int]], tokens: int) -> tuple[float, dic
     return steady_rate(results), delta, sampler.peaks
 
 
-def pool_tokens(log_path: Path) -> int:
-    found = _POOL_TOKENS.findall(log_path.read_text(errors="replace"))
-    if not found:
-        raise RuntimeError(f"vLLM's KV cache size not found in {log_path}")
-    return int(found[-1].replace(",", ""))
+def windowed_layers(log_path: Path) -> tuple[int, int]:
+    """Windowed layers and their window (tokens) from the server's start-up log; ``(0, 0)`` if none."""
+    found = _WINDOWED.findall(log_path.read_text(errors="replace"))
+    return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
+
+
+def pool_bytes_per_request(context: int, layers: int, windowed: int, window: int, layer_token_bytes: int) -> int:
+    """Bytes of vLLM's pool one decoding request of ``context`` tokens holds (whole blocks).
+
+    A windowed layer keeps the blocks from the one holding ``position - window + 1`` on: at most
+    ``ceil(window / block) + 1`` blocks.
+    """
+    full = math.ceil(context / BLOCK_SIZE)
+    held = min(full, math.ceil(window / BLOCK_SIZE) + 1) if windowed else full
+    return ((layers - windowed) * full + windowed * held) * BLOCK_SIZE * layer_token_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="auto", help="server --dtype (auto: float32 on CPUs without native bf16)")
     ap.add_argument("--kv", default="profile", choices=["profile", "shadowkv", "nosa", "streaming"],
                     help="KV policies of ours: the profile's measured ones, or one policy (defaults) on every head")
-    ap.add_argument("--gpu-memory-utilization", default="0.3")
+    ap.add_argument("--kv-cache-memory-bytes", type=int, default=5 << 30, help="vLLM's KV pool size (both modes)")
+    ap.add_argument("--kv-window-layers", action="store_true",
+                    help="ours: sliding-window KV spec for the layers whose KV heads are all compressed")
+    ap.add_argument("--kv-threshold", type=int, default=4096, help="ours: --kv-threshold (and window)")
     ap.add_argument("--modes", default="dense,ours")
     args = ap.parse_args(argv)
     contexts = [int(x) for x in args.contexts.split(",")]
@@ -181,28 +199,31 @@ def main(argv: list[str] | None = None) -> int:
     dtype = resolve_dtype(args.dtype, cuda=False, flags=cpu_flags())
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     head_token_bytes = 2 * head_dim * _DTYPE_BYTES[dtype]  # K and V of one KV head, one token
-    dense_token_bytes = hf.num_hidden_layers * hf.num_key_value_heads * head_token_bytes
+    layer_token_bytes = hf.num_key_value_heads * head_token_bytes
+    dense_token_bytes = hf.num_hidden_layers * layer_token_bytes
     common = ["--dtype", args.dtype, "--max-model-len", str(max_len), "--max-num-batched-tokens", "8192",
-              "--gpu-memory-utilization", args.gpu_memory_utilization, "--profile", str(profile_path),
+              "--kv-cache-memory-bytes", str(args.kv_cache_memory_bytes), "--profile", str(profile_path),
               "--max-queued-prompt-tokens", str(max(batches) * max_len)]
-    flags = {"dense": [], "ours": ["--kv-policies"]}
+    flags = {"dense": [], "ours": ["--kv-policies", "--kv-threshold", str(args.kv_threshold)]
+             + (["--kv-window-layers"] if args.kv_window_layers else [])}
     measured: dict[str, dict[tuple[int, int], tuple[float, dict, dict]]] = {}
-    capacity: dict[str, int] = {}
+    windows: dict[str, tuple[int, int]] = {}
     compressed_heads = 0.0
     for mode in args.modes.split(","):
         print(f"{mode}: starting server ({model.name}, {dtype}, profile {profile_path.name})", flush=True)
         proc, server = start_server(model, work / f"{mode}.log", *common, *flags[mode], api_key=None)
         measured[mode] = {}
         try:
-            capacity[mode] = pool_tokens(server.log_path)
+            windows[mode] = windowed_layers(server.log_path)
             if mode == "ours":
                 heads = kv_metrics(server.url)
                 compressed_heads = sum(v for k, v in heads.items()
                                        if k.startswith("kv_policy_heads:") and not k.endswith(":full"))
             for n in contexts:
-                t0 = time.perf_counter()
-                client_of(server).completions.create(model=server.model, prompt=docs[n], max_tokens=1)
-                print(f"  context {n}: document prefilled in {time.perf_counter() - t0:.1f} s", flush=True)
+                if not windows[mode][0]:  # prefix caching on: later streams share this prefill
+                    t0 = time.perf_counter()
+                    client_of(server).completions.create(model=server.model, prompt=docs[n], max_tokens=1)
+                    print(f"  context {n}: document prefilled in {time.perf_counter() - t0:.1f} s", flush=True)
                 for b in batches:
                     rate, delta, peaks = run_batch(server, [docs[n] + s for s in suffixes[:b]], args.tokens)
                     if mode == "ours" and not delta.get("kv_decode_steps"):
@@ -212,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_server(proc)
     rows = []
+    layers = hf.num_hidden_layers
     for n in contexts:
-        held = math.ceil(n / BLOCK_SIZE) * BLOCK_SIZE  # pool tokens one request of this context holds
+        held = {mode: pool_bytes_per_request(n, layers, *windows[mode], layer_token_bytes) for mode in measured}
         for b in batches:
             row: dict[str, object] = {"context": n, "batch": b}
             for mode in measured:
@@ -224,13 +246,14 @@ def main(argv: list[str] | None = None) -> int:
             if "ours" in measured:
                 _, delta, peaks = measured["ours"][(n, b)]
                 store_per_token = peaks["kv_pool_bytes"] / (b * n)
-                row["pool_bytes_per_token_ours"] = round(dense_token_bytes + store_per_token)
+                held["ours"] += round(store_per_token * n)
+                row["pool_bytes_per_token_ours"] = round(held["ours"] / n)
                 if compressed_heads:
                     row["compressed_head_pool_ratio"] = round(head_token_bytes / (store_per_token / compressed_heads), 2)
                 row["offload_bytes_per_token"] = round(delta.get("kv_offload_read_bytes", 0.0) / (b * args.tokens))
                 row["kv_errors"] = int(delta.get("kv_errors", 0) + delta.get("kv_unknown_request", 0))
             for mode in measured:
-                row[f"max_concurrent_{mode}"] = capacity[mode] // held
+                row[f"max_concurrent_{mode}"] = args.kv_cache_memory_bytes // held[mode]
             rows.append(row)
     keys = list(dict.fromkeys(k for row in rows for k in row))
     print("\n" + " | ".join(keys))
@@ -239,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "model": str(model),
                                          "dtype": dtype, "compressed_kv_heads": compressed_heads,
+                                         "windowed_layers": windows.get("ours", (0, 0))[0],
                                          "rows": rows}, indent=2, default=str) + "\n")
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from benchmarks.decode import parse_kv_metrics, steady_rate
+from benchmarks.decode import parse_kv_metrics, pool_bytes_per_request, steady_rate
 
 
 def test_steady_rate_counts_tokens_after_every_stream_warmed_up() -> None:
@@ -30,3 +30,14 @@ def test_parse_kv_metrics_reads_counters_gauges_and_policy_heads() -> None:
     assert got["kv_decode_steps"] == 42.0 and got["kv_pool_bytes"] == 1.5e6
     assert got["kv_policy_heads:nosa"] == 8.0 and got["kv_policy_heads:full"] == 76.0
     assert "kv_cache_usage_perc" not in got and "prompt_tokens" not in got
+
+
+def test_pool_bytes_per_request_keeps_only_the_window_of_windowed_layers() -> None:
+    per_layer_token = 3 * 2 * 64 * 2  # 3 KV heads, K and V, 64 dims, bf16
+    dense = pool_bytes_per_request(32768, 30, 0, 0, per_layer_token)
+    assert dense == 30 * 32768 * per_layer_token
+    # 30 windowed layers with a 4096-token window keep 257 blocks each: 7.97x fewer pool bytes at 32K
+    windowed = pool_bytes_per_request(32768, 30, 30, 4096, per_layer_token)
+    assert windowed == 30 * 257 * 16 * per_layer_token
+    assert pool_bytes_per_request(1000, 30, 30, 4096, per_layer_token) == 30 * 63 * 16 * per_layer_token
+    assert pool_bytes_per_request(32768, 30, 1, 4096, per_layer_token) == (29 * 2048 + 257) * 16 * per_layer_token
