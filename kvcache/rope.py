@@ -10,6 +10,8 @@ angle ``position * inv_freq[i]``. Scaled RoPE variants (YaRN, NTK, Llama-3) only
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 
@@ -41,6 +43,47 @@ def rope_cos_sin(
     return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
 
 
+class RopeTable:
+    """``cos, sin`` of positions ``[0, len)`` for one ``inv_freq`` and multiplier, grown on demand.
+
+    A decode step rotates ~2K rebuilt keys at scattered positions; reading their cos/sin from a
+    table replaces two transcendental evaluations per element by a gather (same float32 values
+    as :func:`rope_cos_sin`, which builds the table).
+    """
+
+    def __init__(self, inv_freq: torch.Tensor, attention_scaling: float = 1.0) -> None:
+        self.inv_freq, self.attention_scaling = inv_freq.float(), attention_scaling
+        self._cos = self._sin = torch.empty(0, 2 * inv_freq.numel(), device=inv_freq.device)
+
+    def __len__(self) -> int:
+        return self._cos.shape[0]
+
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos, sin float32 [..., D]`` of non-negative integer ``positions [...]``."""
+        if positions.numel() == 0:
+            shape = (*positions.shape, self._cos.shape[1])
+            return self._cos.new_empty(shape), self._sin.new_empty(shape)
+        need = int(positions.max()) + 1
+        if int(positions.min()) < 0:
+            raise ValueError("RopeTable holds non-negative positions only")
+        if need > len(self):
+            size = max(need, 2 * len(self), 1024)
+            self._cos, self._sin = rope_cos_sin(torch.arange(size, device=self.inv_freq.device), self.inv_freq,
+                                                self.attention_scaling)
+        positions = positions.to(self._cos.device)
+        return self._cos[positions], self._sin[positions]
+
+
+@lru_cache(maxsize=8)
+def _shared_table(freqs: tuple[float, ...], attention_scaling: float, device: str) -> RopeTable:
+    return RopeTable(torch.tensor(freqs, dtype=torch.float32, device=device), attention_scaling)
+
+
+def shared_rope_table(inv_freq: torch.Tensor, attention_scaling: float = 1.0) -> RopeTable:
+    """The process-wide :class:`RopeTable` of ``inv_freq`` (every store of a model shares one)."""
+    return _shared_table(tuple(inv_freq.float().tolist()), float(attention_scaling), str(inv_freq.device))
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """``[..., D] -> [..., D]``: ``(x1, x2) -> (-x2, x1)`` with ``x1, x2`` the two halves of the last axis."""
     half = x.shape[-1] // 2
@@ -54,22 +97,29 @@ def apply_rope(
     theta: float = 10000.0,
     inv_freq: torch.Tensor | None = None,
     attention_scaling: float = 1.0,
+    table: RopeTable | None = None,
 ) -> torch.Tensor:
     """Rotate ``x [H, L, D]`` (pre-RoPE keys or queries) at integer ``positions [L]`` (or ``[H, L]``, per head); same shape and dtype.
 
     ``inv_freq [D/2]`` overrides the default frequencies of ``theta`` (pass YaRN-scaled ones
-    here, with their ``attention_scaling``). The rotation is done in float32.
+    here, with their ``attention_scaling``); ``table`` (non-negative positions) replaces both.
+    The rotation is done in float32.
     """
     if x.dim() != 3:
         raise ValueError(f"x must be [heads, len, head_dim]; got {tuple(x.shape)}")
     _, length, dim = x.shape
     if positions.shape not in ((length,), (x.shape[0], length)):
         raise ValueError(f"positions must be [{length}] or [{x.shape[0]}, {length}]; got {tuple(positions.shape)}")
+    if table is not None:
+        inv_freq, attention_scaling = table.inv_freq, table.attention_scaling
     if inv_freq is None:
         inv_freq = rope_inv_freq(dim, theta, device=x.device)
     if inv_freq.shape != (dim // 2,):
         raise ValueError(f"inv_freq must be [{dim // 2}] for head_dim {dim}; got {tuple(inv_freq.shape)}")
-    cos, sin = rope_cos_sin(positions.to(x.device), inv_freq.to(x.device), attention_scaling)
+    if table is not None:
+        cos, sin = table.cos_sin(positions)
+    else:
+        cos, sin = rope_cos_sin(positions.to(x.device), inv_freq.to(x.device), attention_scaling)
     xf = x.float()
     return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
 

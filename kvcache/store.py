@@ -37,7 +37,7 @@ from .lowrank import LowRankKeys, fit_lowrank, rebuild
 from .nosa import nosa_select_positions
 from .params import FullKvParams, NosaKvParams, ShadowKvParams, StreamingKvParams
 from .resident import ResidentChunks
-from .rope import apply_rope, rope_inv_freq
+from .rope import apply_rope, rope_inv_freq, shared_rope_table
 from .selection import local_start, select_positions
 
 AnyKvParams = FullKvParams | StreamingKvParams | ShadowKvParams | NosaKvParams
@@ -74,8 +74,8 @@ class SequenceKvStore:
     ) -> None:
         self.params, self.hkv, self.d, self.dtype = params, num_kv_heads, head_dim, dtype
         self.device = torch.device(device)
-        self.inv_freq = (rope_inv_freq(head_dim, theta) if inv_freq is None else inv_freq).to(self.device)
-        self.attention_scaling = attention_scaling
+        inv_freq = (rope_inv_freq(head_dim, theta) if inv_freq is None else inv_freq).to(self.device)
+        self.rope = shared_rope_table(inv_freq, attention_scaling)
         self.compressed = isinstance(params, ShadowKvParams)
         if isinstance(params, ShadowKvParams):
             self.chunk, self.n_sink, self.n_local = params.chunk, params.n_sink, params.n_local
@@ -201,7 +201,7 @@ class SequenceKvStore:
         if len(self.pending_pre):
             is_pending = valid & (pos >= self.n_fit)
             k[is_pending] = self._gather_rows(self.pending_pre.view(), pos - self.n_fit)[is_pending]
-        k = apply_rope(k, pos, inv_freq=self.inv_freq, attention_scaling=self.attention_scaling)
+        k = apply_rope(k, pos, table=self.rope)
         v = torch.zeros_like(k)
         # exact rows of the pool: outlier chunks and sinks (few; overwritten in place)
         exact = ~valid

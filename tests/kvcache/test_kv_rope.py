@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kvcache.rope import apply_rope, rope_inv_freq
+from kvcache.rope import RopeTable, apply_rope, rope_cos_sin, rope_inv_freq, shared_rope_table
 
 
 def _direct(x: torch.Tensor, positions: list[int], theta: float) -> torch.Tensor:
@@ -72,3 +72,18 @@ def test_rope_rejects_bad_shapes() -> None:
         apply_rope(torch.randn(2, 3, 8), torch.tensor([0, 1]))
     with pytest.raises(ValueError):
         rope_inv_freq(7)
+
+
+def test_rope_table_gives_the_exact_rotation_grows_on_demand_and_is_shared() -> None:
+    inv_freq, scaling = rope_inv_freq(64, 10000.0) * 0.25, 1.1
+    table = RopeTable(inv_freq, scaling)
+    pos = torch.tensor([[5, 40000, 3], [0, 1, 2047]])
+    cos, sin = table.cos_sin(pos)
+    want_cos, want_sin = rope_cos_sin(pos, inv_freq, scaling)
+    assert torch.equal(cos, want_cos) and torch.equal(sin, want_sin) and len(table) == 40001
+    x = torch.randn(2, 3, 64)
+    assert torch.equal(apply_rope(x, pos, table=table), apply_rope(x, pos, inv_freq=inv_freq, attention_scaling=scaling))
+    with pytest.raises(ValueError, match="non-negative"):
+        table.cos_sin(torch.tensor([-1, 2]))
+    assert shared_rope_table(inv_freq, scaling) is shared_rope_table(inv_freq.clone(), scaling)
+    assert shared_rope_table(inv_freq, 1.0) is not shared_rope_table(inv_freq, scaling)
