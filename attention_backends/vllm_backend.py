@@ -147,8 +147,9 @@ class KvRow:
 class BatchPlan:
     """Split of one batch into vLLM-kernel rows and our segments, plus the compressed-decode rows.
 
-    Without segments every row runs vLLM's kernel; ``kv_rows`` then replace its output for the
-    compressed heads. ``window``: the sliding window of a windowed layer group (0: none).
+    ``dense_rows``: the rows vLLM's kernel runs (with ``dense_metadata``), ``None`` for every row.
+    ``kv_rows`` replace vLLM's output for the compressed heads; in a windowed layer group
+    (``window`` > 0: its sliding window) they cover every head, so vLLM's kernel skips them.
     """
 
     segments: list[Segment]
@@ -210,6 +211,8 @@ class SparseCPUMetadataBuilder(CPUAttentionMetadataBuilder):
             q_len, seq_len = qsl[i + 1] - qsl[i], seq_lens[i]
             if slots is not None and q_len == 1 and seq_len >= self._config.kv_threshold:
                 kv_rows.append(KvRow(qsl[i], int(slots[qsl[i]]), seq_len, cm.block_table_tensor[i]))
+                if window:
+                    continue  # the stores compute every head of a windowed layer
             long_context = q_len > 1 and seq_len >= self._config.threshold
             sparse = long_context and q_len >= self._config.min_segment
             if long_context and not sparse and self._stats is not None:
@@ -227,9 +230,12 @@ class SparseCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         if not segments and not kv_rows:
             return SparsePrefillMetadata(**fields)
         plan = BatchPlan(segments=segments, kv_rows=kv_rows, rope=self._rope, window=window)
-        if segments and dense_reqs:
-            plan.dense_rows, sub = self._sub_batch(cm, dense_reqs)
-            plan.dense_metadata = super().build(0, sub, fast_build)
+        if len(dense_reqs) < cm.num_reqs:
+            if dense_reqs:
+                plan.dense_rows, sub = self._sub_batch(cm, dense_reqs)
+                plan.dense_metadata = super().build(0, sub, fast_build)
+            else:
+                plan.dense_rows = torch.empty(0, dtype=torch.long)
         return SparsePrefillMetadata(**fields, plan=plan)
 
     @staticmethod
@@ -280,10 +286,10 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,  # type: ignore[override]
                 output_scale=None, output_block_scale=None):
         plan = getattr(attn_metadata, "plan", None)
-        if plan is None or not plan.segments:
+        if plan is None or plan.dense_rows is None:
             super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
                             output_scale, output_block_scale)
-        elif plan.dense_rows is not None:
+        elif plan.dense_rows.numel():
             rows = plan.dense_rows
             dense_out = output.new_empty((rows.numel(), *output.shape[1:]))
             super().forward(layer, query[rows], key[rows], value[rows], kv_cache,
@@ -343,9 +349,12 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
         for row in plan.kv_rows:
             request = request_at_slot(row.slot)
             if request is None:
-                logger.warning("layer %d: no request writes slot %d; decode row keeps vLLM's output", layer_idx, row.slot)
+                logger.warning("layer %d: no request writes slot %d; decode row keeps %s", layer_idx, row.slot,
+                               "the pool window" if window else "vLLM's output")
                 if stats is not None:
                     stats.add_kv(unknown_request=1)
+                if window:
+                    self._pool_window_row(row, query, kv_cache, window, output)
                 continue
             r = slice(row.row, row.row + 1)
 
@@ -358,12 +367,14 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                 try:
                     out, st = group_decode(STORES, request, (layer_idx, g), group, query[row.row], key[row.row],
                                            value[row.row], row.seq_len - 1, context, plan.rope, self.scale)
-                except Exception:  # noqa: BLE001 - the row keeps vLLM's output, counted
-                    logger.exception("compressed decode failed on layer %d for request %s; vLLM's output kept%s",
-                                     layer_idx, request, " (windowed layer: the pool window only)" if window else "")
+                except Exception:  # noqa: BLE001 - the row keeps vLLM's output (the pool window), counted
+                    logger.exception("compressed decode failed on layer %d for request %s; %s", layer_idx, request,
+                                     "attending to the pool window only" if window else "vLLM's output kept")
                     STORES.free(request)
                     if stats is not None:
                         stats.add_kv(errors=1)
+                    if window:
+                        self._pool_window_row(row, query, kv_cache, window, output)
                     break
                 output[row.row, list(group.q_heads)] = out.to(output.dtype)
                 if stats is not None:
@@ -371,6 +382,12 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                                  cache_hits=st.cache_hits, cache_misses=st.cache_misses)
             if window:
                 STORES.drop_history(request, layer_idx)  # the stores hold the sequence now
+
+    def _pool_window_row(self, row: KvRow, query, kv_cache, window: int, output) -> None:
+        """A windowed layer's decode row over the keys still in the pool (what vLLM's kernel would give)."""
+        k, v = pool_window(kv_cache, row.block_ids, row.seq_len, window)
+        q = query[row.row:row.row + 1].transpose(0, 1)
+        output[row.row] = dense_tail_attention(q, k, v, scale=self.scale)[:, 0].to(output.dtype)
 
 
 class SparseCPUAttentionBackend(CPUAttentionBackend):
