@@ -40,6 +40,11 @@ class TokenBuffer:
         """The live rows ``[H, len, W]`` (a view; do not keep it across appends)."""
         return self._data[:, self._start : self._start + self._len]
 
+    def gather(self, heads: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rows ``[..., W]`` at live ``positions [...]`` of ``heads [...]`` (no copy of the whole buffer)."""
+        flat = (heads * self._data.shape[1] + self._start + positions).reshape(-1).to(self.device)
+        return self._data.view(-1, self.width).index_select(0, flat).reshape(*positions.shape, self.width)
+
     def append(self, x: torch.Tensor) -> None:
         """Append ``x [H, T, W]``."""
         if x.dim() != 3 or x.shape[0] != self.heads or x.shape[2] != self.width:

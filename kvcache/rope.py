@@ -48,30 +48,37 @@ class RopeTable:
 
     A decode step rotates ~2K rebuilt keys at scattered positions; reading their cos/sin from a
     table replaces two transcendental evaluations per element by a gather (same float32 values
-    as :func:`rope_cos_sin`, which builds the table).
+    as :func:`rope_cos_sin`, which builds the table). It holds the ``D/2`` distinct columns.
     """
 
     def __init__(self, inv_freq: torch.Tensor, attention_scaling: float = 1.0) -> None:
         self.inv_freq, self.attention_scaling = inv_freq.float(), attention_scaling
-        self._cos = self._sin = torch.empty(0, 2 * inv_freq.numel(), device=inv_freq.device)
+        self._cos = self._sin = torch.empty(0, inv_freq.numel(), device=inv_freq.device)
 
     def __len__(self) -> int:
         return self._cos.shape[0]
 
-    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``cos, sin float32 [..., D]`` of non-negative integer ``positions [...]``."""
+    def half_cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos, sin float32 [..., D/2]`` (the distinct halves) of non-negative integer ``positions [...]``."""
+        shape = (*positions.shape, self._cos.shape[1])
         if positions.numel() == 0:
-            shape = (*positions.shape, self._cos.shape[1])
             return self._cos.new_empty(shape), self._sin.new_empty(shape)
-        need = int(positions.max()) + 1
         if int(positions.min()) < 0:
             raise ValueError("RopeTable holds non-negative positions only")
+        need = int(positions.max()) + 1
         if need > len(self):
             size = max(need, 2 * len(self), 1024)
-            self._cos, self._sin = rope_cos_sin(torch.arange(size, device=self.inv_freq.device), self.inv_freq,
-                                                self.attention_scaling)
-        positions = positions.to(self._cos.device)
-        return self._cos[positions], self._sin[positions]
+            cos, sin = rope_cos_sin(torch.arange(size, device=self.inv_freq.device), self.inv_freq,
+                                    self.attention_scaling)
+            half = self.inv_freq.numel()
+            self._cos, self._sin = cos[:, :half].contiguous(), sin[:, :half].contiguous()
+        flat = positions.reshape(-1).to(self._cos.device)
+        return self._cos.index_select(0, flat).reshape(shape), self._sin.index_select(0, flat).reshape(shape)
+
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos, sin float32 [..., D]`` of non-negative integer ``positions [...]`` (as :func:`rope_cos_sin`)."""
+        cos, sin = self.half_cos_sin(positions)
+        return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
 
 
 @lru_cache(maxsize=8)
@@ -116,11 +123,12 @@ def apply_rope(
         inv_freq = rope_inv_freq(dim, theta, device=x.device)
     if inv_freq.shape != (dim // 2,):
         raise ValueError(f"inv_freq must be [{dim // 2}] for head_dim {dim}; got {tuple(inv_freq.shape)}")
-    if table is not None:
-        cos, sin = table.cos_sin(positions)
-    else:
-        cos, sin = rope_cos_sin(positions.to(x.device), inv_freq.to(x.device), attention_scaling)
     xf = x.float()
+    if table is not None:  # the rotation written out per half: same float32 operations as below
+        c, s = table.half_cos_sin(positions)
+        x1, x2 = xf[..., : dim // 2], xf[..., dim // 2 :]
+        return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).to(x.dtype)
+    cos, sin = rope_cos_sin(positions.to(x.device), inv_freq.to(x.device), attention_scaling)
     return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
 
 

@@ -226,10 +226,9 @@ class SequenceKvStore:
             near = fetch & (slot >= 0)
             v[near] = self.resident_v[heads[near], slot[near], pos[near] % self.chunk]
             fetch = fetch & ~near
-        host = self.offload_v.view()
-        rows = (torch.arange(hkv, device=pos.device).unsqueeze(1) * host.shape[1] + pos)[fetch].cpu()
-        v[fetch] = host.reshape(-1, d).index_select(0, rows).to(self.device, non_blocking=True)
-        return k, v, rows.numel() * d * self.dtype.itemsize
+        heads = torch.arange(hkv, device=pos.device).unsqueeze(1).expand_as(pos)[fetch]
+        v[fetch] = self.offload_v.gather(heads.cpu(), pos[fetch].cpu()).to(self.device, non_blocking=True)
+        return k, v, heads.numel() * d * self.dtype.itemsize
 
     def attend(self, q: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, DecodeStats]:
         """Attention of the decode query ``q [Hq, D]`` (post-RoPE) over the stored sequence: ``[Hq, D]`` and stats."""
@@ -269,9 +268,8 @@ class SequenceKvStore:
                                           device=self.device)
         step = self.cache.step(chunk_mask)
         if step.fill_heads.numel():
-            host = self.offload_v.view()
             rows = step.fill_chunks.unsqueeze(1) * self.chunk + torch.arange(self.chunk, device=step.fill_chunks.device)
-            chunks = host[step.fill_heads.cpu().unsqueeze(1), rows.cpu()]  # [F, chunk, D]
+            chunks = self.offload_v.gather(step.fill_heads.cpu().unsqueeze(1).expand_as(rows), rows.cpu())  # [F, chunk, D]
             self.resident_v[step.fill_heads, step.fill_slots] = chunks.to(self.device, non_blocking=True)
         return step.hits, step.misses, step.fill_heads.numel() * self.cache.bytes_per_chunk
 
