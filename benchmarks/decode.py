@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     layers = hf.num_hidden_layers
     for n in contexts:
-        held = {mode: pool_bytes_per_request(n, layers, *windows[mode], layer_token_bytes) for mode in measured}
         for b in batches:
+            held = {mode: pool_bytes_per_request(n, layers, *windows[mode], layer_token_bytes) for mode in measured}
             row: dict[str, object] = {"context": n, "batch": b}
             for mode in measured:
                 row[f"{mode}_tok_s"] = round(measured[mode][(n, b)][0], 2)
@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             if "ours" in measured:
                 _, delta, peaks = measured["ours"][(n, b)]
                 store_per_token = peaks["kv_pool_bytes"] / (b * n)
+                row["store_pool_bytes_peak"] = int(peaks["kv_pool_bytes"])
                 held["ours"] += round(store_per_token * n)
                 row["pool_bytes_per_token_ours"] = round(held["ours"] / n)
                 if compressed_heads:

@@ -1,8 +1,9 @@
 """Growable per-head token buffers on one memory tier, with exact byte accounting.
 
-A buffer holds ``[H, capacity, W]`` and exposes the live ``[H, len, W]`` rows; it grows by 1.5x
-(amortized O(1) appends), can drop rows from the front (sliding windows) and reports the bytes
-it *holds* (its capacity, not its length). The offload tier is host memory, pinned when CUDA is
+A buffer holds ``[H, capacity, W]`` and exposes the live ``[H, len, W]`` rows; it grows by 1/8 of
+its capacity (amortized O(1) appends; a decode store's buffers hold a whole context, where 1.5x
+growth would leave up to a third of the held bytes unused), can drop rows from the front (sliding
+windows) and reports the bytes it *holds* (its capacity, not its length). The offload tier is host memory, pinned when CUDA is
 available so host-to-device copies can be asynchronous.
 """
 
@@ -55,7 +56,7 @@ class TokenBuffer:
             if self._len + t <= cap:
                 self._data[:, : self._len] = self._data[:, self._start : self._start + self._len].clone()
             else:
-                new = _alloc(self.heads, max(self._len + t, cap + cap // 2, 16), self.width, self.dtype, self.device, self.pinned)
+                new = _alloc(self.heads, max(self._len + t, cap + cap // 8, 16), self.width, self.dtype, self.device, self.pinned)
                 new[:, : self._len] = self.view()
                 self._data = new
             self._start = 0
