@@ -8,12 +8,16 @@ live server, the dense server and one more run at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from accuracy.tasks.registry import generate_samples
 from live_client import client
 from loadtests.tokenizer import load_tokenizer
+from profiles.schema import load_profile, save_profile
+from profiles.variants import exact_kv, full_budget
+from server.sparse_setup import SHIPPED_PROFILE
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +25,14 @@ def dense_server(launch_server):
     """Plain vLLM (`--no-sparse`): the reference every sparse output is compared with."""
     with launch_server("--no-sparse") as (_, server):
         yield server
+
+
+@pytest.fixture(scope="session")
+def exact_kv_profile(tmp_path_factory) -> Path:
+    """Every head at full prefill budget and every KV head ShadowKV at full rank and budget: exact."""
+    path = tmp_path_factory.mktemp("profile") / "exact-kv.json"
+    save_profile(exact_kv(full_budget(load_profile(SHIPPED_PROFILE))), path)
+    return path
 
 
 @dataclass(frozen=True)

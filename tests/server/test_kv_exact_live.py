@@ -10,18 +10,13 @@ import concurrent.futures as cf
 import pytest
 
 from live_client import FULL_THRESHOLD, client, complete, counter, document, metrics, settled_kv_gauges
-from profiles.schema import load_profile, save_profile
-from profiles.variants import exact_kv, full_budget
-from server.sparse_setup import SHIPPED_PROFILE
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def exact_kv_server(launch_server, tmp_path_factory):
-    path = tmp_path_factory.mktemp("profile") / "exact-kv.json"
-    save_profile(exact_kv(full_budget(load_profile(SHIPPED_PROFILE))), path)
-    with launch_server("--profile", str(path), "--sparse-threshold", str(FULL_THRESHOLD), "--kv-policies",
+def exact_kv_server(launch_server, exact_kv_profile):
+    with launch_server("--profile", str(exact_kv_profile), "--sparse-threshold", str(FULL_THRESHOLD), "--kv-policies",
                        "--kv-threshold", str(FULL_THRESHOLD)) as (_, server):
         yield server
 
