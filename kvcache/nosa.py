@@ -17,18 +17,11 @@ from __future__ import annotations
 import torch
 
 from .landmarks import DEFAULT_CHUNK
-from .selection import DEFAULT_BUDGET, DEFAULT_N_LOCAL, DEFAULT_N_SINK, Selection, always_mask, chunk_scores, local_start
+from .selection import (DEFAULT_BUDGET, DEFAULT_N_LOCAL, DEFAULT_N_SINK, Selection, always_mask, best_allowed,
+                        chunk_scores, local_start)
 
 DEFAULT_MAX_CHANGE = 8
 DEFAULT_RESIDENT_CHUNKS = 384
-
-
-def _rank_mask(scores: torch.Tensor, allowed: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
-    """Per row, the ``limit[h]`` best-scoring allowed entries: ``bool [Hkv, C]``."""
-    masked = scores.masked_fill(~allowed, float("-inf"))
-    order = masked.argsort(dim=1, descending=True, stable=True)
-    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return allowed & (ranks < limit.reshape(-1, 1))
 
 
 def constrained_chunks(
@@ -47,7 +40,7 @@ def constrained_chunks(
         raise ValueError(f"max_change must be >= 0; got {max_change}")
     hkv, c = scores.shape
     count_t = torch.as_tensor(count, device=scores.device).expand(hkv).clamp(min=0)
-    top = _rank_mask(scores, eligible, count_t)
+    top = best_allowed(scores, eligible, count_t)
     if previous is None:
         return top
     if previous.shape[0] != hkv or previous.shape[1] > c:
@@ -56,8 +49,8 @@ def constrained_chunks(
     prev[:, : previous.shape[1]] = previous.to(eligible.device)
     candidates = top & ~prev
     admit_n = torch.minimum(candidates.sum(1), torch.full_like(count_t, max_change))
-    admitted = _rank_mask(scores, candidates, admit_n)
-    kept = _rank_mask(scores, prev & eligible, count_t - admit_n)
+    admitted = best_allowed(scores, candidates, admit_n)
+    kept = best_allowed(scores, prev & eligible, count_t - admit_n)
     return admitted | kept
 
 

@@ -105,15 +105,30 @@ def take_chunks_within(scores: torch.Tensor, new_counts: torch.Tensor, room: tor
     """Best chunks per head whose summed ``new_counts`` fit in ``room``: ``bool [Hkv, C]``.
 
     ``scores, new_counts [Hkv, C]``; chunks adding nothing are never taken; the longest prefix of
-    the score order that fits is taken.
+    the score order that fits is taken. Only that prefix is ordered (a partial sort: ``topk``):
+    it holds at most ``room // full`` chunks of the largest count plus every shorter one.
     """
-    order = scores.argsort(dim=1, descending=True, stable=True)
-    counts = new_counts.gather(1, order)
+    hkv, c = scores.shape
     room_t = torch.as_tensor(room, device=scores.device).reshape(-1, 1)
-    fits = counts.cumsum(dim=1) <= room_t
-    take_sorted = fits & (counts > 0)
-    out = torch.zeros_like(take_sorted)
-    return out.scatter_(1, order, take_sorted)
+    full = int(new_counts.max()) if new_counts.numel() else 0
+    if full == 0:
+        return torch.zeros(hkv, c, dtype=torch.bool, device=scores.device)
+    shorter = int((new_counts < full).sum(dim=1).max())
+    k = min(c, int(room_t.max()) // full + shorter + 1)
+    order = scores.topk(k, dim=1).indices  # descending
+    counts = new_counts.gather(1, order)
+    take_sorted = (counts.cumsum(dim=1) <= room_t) & (counts > 0)
+    return torch.zeros(hkv, c, dtype=torch.bool, device=scores.device).scatter_(1, order, take_sorted)
+
+
+def best_allowed(scores: torch.Tensor, allowed: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
+    """Per row, the ``limit[h]`` best-scoring ``allowed`` entries of ``scores [Hkv, C]``: ``bool [Hkv, C]`` (partial sort)."""
+    k = min(int(limit.max()), scores.shape[1]) if limit.numel() else 0
+    if k <= 0:
+        return torch.zeros_like(allowed)
+    order = scores.masked_fill(~allowed, float("-inf")).topk(k, dim=1).indices
+    take_sorted = torch.arange(k, device=scores.device).unsqueeze(0) < limit.reshape(-1, 1)
+    return torch.zeros_like(allowed).scatter_(1, order, take_sorted) & allowed
 
 
 def select_positions(

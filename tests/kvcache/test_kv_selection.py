@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kvcache.landmarks import chunk_landmarks, outlier_chunks
-from kvcache.selection import always_mask, chunk_scores, local_start, select_positions
+from kvcache.selection import (always_mask, best_allowed, chunk_scores, local_start, select_positions,
+                              take_chunks_within)
 
 HQ, HKV, D, CHUNK = 6, 2, 16, 8
 
@@ -68,3 +69,36 @@ def test_budget_smaller_than_kept_positions_is_rejected() -> None:
     k = torch.randn(HKV, 200, D)
     with pytest.raises(ValueError):
         select_positions(torch.randn(HQ, D), chunk_landmarks(k), 200, budget=50, n_sink=4, n_local=64)
+
+
+def _sorted_prefix_reference(scores: torch.Tensor, counts: torch.Tensor, room: torch.Tensor) -> torch.Tensor:
+    """The definition, with a full sort: take chunks in score order while their counts fit."""
+    out = torch.zeros_like(scores, dtype=torch.bool)
+    for h in range(scores.shape[0]):
+        used = 0
+        for j in scores[h].argsort(descending=True).tolist():
+            if used + int(counts[h, j]) > int(room[h]):
+                break
+            used += int(counts[h, j])
+            out[h, j] = bool(counts[h, j] > 0)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_partial_sort_selection_equals_the_full_sort(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(3, 500, generator=g)  # distinct scores: no ties to break
+    counts = torch.full((3, 500), 8)
+    counts[:, :1] = 4  # a chunk half covered by sinks
+    counts.view(-1)[torch.randperm(1500, generator=g)[:30]] = 0  # outlier chunks: nothing new
+    counts.view(-1)[torch.randperm(1500, generator=g)[:20]] = 3
+    room = torch.tensor([0, 700, 5000]) if seed % 2 else torch.tensor([1900, 37, 4096])
+    assert torch.equal(take_chunks_within(scores, counts, room), _sorted_prefix_reference(scores, counts, room))
+    allowed = torch.rand(3, 500, generator=g) > 0.3
+    limit = torch.tensor([0, 50, 600])
+    got = best_allowed(scores, allowed, limit)
+    assert got.sum(1).tolist() == [0, 50, int(allowed[2].sum())]
+    for h in (1, 2):  # every taken entry outscores every allowed entry left out
+        assert got[h].le(allowed[h]).all()
+        left = allowed[h] & ~got[h]
+        assert not left.any() or scores[h][got[h]].min() > scores[h][left].max()
