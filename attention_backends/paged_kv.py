@@ -6,7 +6,7 @@ the values. Values are stored row-major ``[block_size, D]``; with the ``vec`` / 
 (x86 without AMX, the machines we run on) keys are stored transposed, ``[D, block_size]``,
 which is what the kernel's dot products want. ``gather_sequence_kv`` undoes both; the vLLM
 adapter checks this layout against vLLM's own cache-write op at start-up
-(``vllm_backend.check_cache_layout``) and refuses to start if it does not match.
+(``cpu_kernel.check_cache_layout``) and refuses to start if it does not match.
 """
 
 from __future__ import annotations

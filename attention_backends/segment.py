@@ -10,13 +10,15 @@ segment's queries against every key, as MInference does per chunk):
   key/value heads expanded per query head (GQA) so any subset of query heads forms a group;
 * the index is planned for the whole ``N x N`` causal square with the segment's queries in
   the last rows (earlier rows are zero and never executed: ``rows_from``);
-* ``dense`` heads run exact causal attention over the segment (:func:`dense_tail_attention`).
+* ``dense`` heads run exact causal attention over the segment (:func:`dense_tail_attention`, or
+  the engine's own paged kernel passed in as ``exact``).
 
 Pure tensors in, tensors out; the vLLM adapter (``vllm_backend``) feeds it from the paged cache.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +33,10 @@ class HeadGroup:
 
     params: PatternParams
     heads: tuple[int, ...]
+
+
+ExactHeads = Callable[[tuple[int, ...]], torch.Tensor]
+"""Exact causal attention of a segment's queries for some query heads -> ``[len(heads), Nq, D]``."""
 
 
 @dataclass
@@ -111,13 +117,16 @@ def segment_attention(
     scale: float,
     backend: Backend = "auto",
     dense_tail: int = 0,
+    exact: ExactHeads | None = None,
 ) -> tuple[torch.Tensor, SegmentStats]:
     """Per-head-group sparse attention of one prefill segment.
 
     ``q [Hq, Nq, D]`` are the queries at positions ``[N - Nq, N)``; ``k, v [Hkv, N, D]`` every
-    key/value of the sequence so far; ``groups`` must cover each query head once. The last
-    ``dense_tail`` query rows run exact attention over every key (a prompt's final question
-    must read the whole context: SnapKV's observation window, FlexPrefill's exact last block).
+    key/value of the sequence so far; ``groups`` must cover each query head once. ``dense``
+    groups run ``exact(heads)`` (the vLLM adapter passes vLLM's own paged kernel), by default
+    :func:`dense_tail_attention`. The last ``dense_tail`` query rows of the sparse heads run exact
+    attention over every key (a prompt's final question must read the whole context: SnapKV's
+    observation window, FlexPrefill's exact last block).
     Returns ``out [Hq, Nq, D]`` (``q.dtype``) and the kept / causal pair counts of the segment
     (kept counts the tail rows' sparse pairs too, so it is an upper bound by at most
     ``dense_tail`` rows' budgets).
@@ -132,25 +141,32 @@ def segment_attention(
     start, per_kv = n - nq, hq // hkv
     out = torch.empty_like(q)
     stats = SegmentStats()
+    sparse_heads: list[int] = []
     for group in groups:
         heads = torch.tensor(group.heads, device=q.device)
-        kg, vg = k[heads // per_kv], v[heads // per_kv]
-        qg = q[heads]
         if isinstance(group.params, DenseParams):
-            out[heads] = dense_tail_attention(qg, kg, vg, scale=scale)
+            if exact is not None:
+                out[heads] = exact(group.heads).to(q.dtype)
+            else:
+                out[heads] = dense_tail_attention(q[heads], k[heads // per_kv], v[heads // per_kv], scale=scale)
             pairs = causal_pairs(n, start) * len(group.heads)
             stats.kept_pairs += pairs
             stats.causal_pairs += pairs
             continue
-        q_full = qg.new_zeros(len(group.heads), n, d)
-        q_full[:, start:] = qg
+        sparse_heads += group.heads
+        kg, vg = k[heads // per_kv], v[heads // per_kv]
+        q_full = q.new_zeros(len(group.heads), n, d)
+        q_full[:, start:] = q[heads]
         index = estimate_index(q_full, kg, group.params, scale=scale)
         out[heads] = run_index(q_full, kg, vg, index, scale=scale, backend=backend, rows_from=start)
         first_block = start // index.block_size
         stats.kept_pairs += int(index.pair_counts(first_block).sum().item())
         stats.causal_pairs += causal_pairs(n, first_block * index.block_size) * len(group.heads)
     tail = min(dense_tail, nq)
-    if tail > 0:
-        out[:, nq - tail :] = dense_tail_attention(q[:, nq - tail :], k, v, scale=scale)
-        stats.kept_pairs = min(stats.kept_pairs + causal_pairs(n, n - tail) * hq, stats.causal_pairs)
+    if tail > 0 and sparse_heads:
+        heads = torch.tensor(sorted(sparse_heads), device=q.device)
+        out[heads, nq - tail :] = dense_tail_attention(
+            q[heads, nq - tail :], k[heads // per_kv], v[heads // per_kv], scale=scale
+        )
+        stats.kept_pairs = min(stats.kept_pairs + causal_pairs(n, n - tail) * len(sparse_heads), stats.causal_pairs)
     return out, stats

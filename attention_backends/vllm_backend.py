@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
-from vllm import _custom_ops as ops
 from vllm.config import VllmConfig
 from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 from vllm.distributed.kv_transfer import has_kv_transfer_group
@@ -56,11 +55,14 @@ from kvcache.rope import model_rope
 from kvcache.vllm_connector import STEP_END_HOOKS, STORES, request_at_slot
 from profiles.schema import load_profile
 
+from .batch_plan import BatchPlan, KvRow, Segment
+from .cpu_kernel import SegmentKernel, check_cache_layout
 from .engine_stats import EngineStats
 from .head_plan import HeadPlan
 from .paged_kv import gather_sequence_kv
+from .patterns import DenseParams
 from .plugin_config import PluginConfig
-from .segment import dense_tail_attention, segment_attention
+from .segment import causal_pairs, dense_tail_attention, segment_attention
 from .windowed import HistoryMissing, pool_window, windowed_context
 
 logger = logging.getLogger(__name__)
@@ -96,68 +98,6 @@ def runtime() -> _Runtime:
             stats.set_kv(pool_bytes=STORES.pool_bytes(), offload_bytes=STORES.offload_bytes(), stores=len(STORES))
         STEP_END_HOOKS.append(publish)
     return _Runtime(config=config, plan=plan, stats=stats, tp_rank=tp_rank, kv_plan=kv_plan)
-
-
-def check_cache_layout(isa: str, dtype: torch.dtype, block_size: int, head_size: int) -> None:
-    """Write a few keys/values with vLLM's own cache op and read them back with ``paged_kv``.
-
-    Raises ``RuntimeError`` when the layout differs (e.g. the AMX ISA's packed keys).
-    """
-    hkv, tokens = 2, block_size + 3
-    cache = torch.zeros(3, hkv, block_size, 2 * head_size, dtype=dtype)
-    k = torch.randn(tokens, hkv, head_size).to(dtype)
-    v = torch.randn(tokens, hkv, head_size).to(dtype)
-    key_cache, value_cache = cache.view(3, hkv, 2 * block_size, head_size).chunk(2, dim=2)
-    slots = torch.arange(block_size, block_size + tokens)
-    ops.cpu_attn_reshape_and_cache(k, v, key_cache, value_cache, slots, isa,
-                                   k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
-    got_k, got_v = gather_sequence_kv(cache, torch.tensor([1, 2]), tokens)
-    if not (torch.equal(got_k, k.transpose(0, 1)) and torch.equal(got_v, v.transpose(0, 1))):
-        raise RuntimeError(f"vLLM's CPU KV-cache layout for ISA {isa!r} is not the one sparse-serve "
-                           "reads; serve with --no-sparse on this machine")
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One request's prefill segment run by us: its query rows in the batch and its context.
-
-    ``dense``: computed exactly (a windowed layer's segment too short for the sparse path);
-    ``slot``: the slot its first row writes (names the request in windowed layers).
-    """
-
-    q_start: int
-    q_end: int
-    seq_len: int
-    block_ids: torch.Tensor
-    dense: bool = False
-    slot: int = -1
-
-
-@dataclass(frozen=True)
-class KvRow:
-    """One decode row of a long request: its row in the batch, the slot it writes, its context."""
-
-    row: int
-    slot: int
-    seq_len: int
-    block_ids: torch.Tensor
-
-
-@dataclass
-class BatchPlan:
-    """Split of one batch into vLLM-kernel rows and our segments, plus the compressed-decode rows.
-
-    ``dense_rows``: the rows vLLM's kernel runs (with ``dense_metadata``), ``None`` for every row.
-    ``kv_rows`` replace vLLM's output for the compressed heads; in a windowed layer group
-    (``window`` > 0: its sliding window) they cover every head, so vLLM's kernel skips them.
-    """
-
-    segments: list[Segment]
-    kv_rows: list[KvRow] = field(default_factory=list)
-    rope: RopeSpec | None = None
-    window: int = 0
-    dense_rows: torch.Tensor | None = None
-    dense_metadata: CPUAttentionMetadata | None = None
 
 
 @dataclass
@@ -221,8 +161,10 @@ class SparseCPUMetadataBuilder(CPUAttentionMetadataBuilder):
                 dense_prefill += q_len
             if sparse or (window and q_len > 1 and seq_len >= window):
                 slot = int(slots[qsl[i]]) if window and slots is not None else -1
+                kernel = None if window else SegmentKernel(self.isa, self.dtype, self.head_dim, q_len, seq_len,
+                                                           cm.block_table_tensor[i])
                 segments.append(Segment(qsl[i], qsl[i + 1], seq_len, cm.block_table_tensor[i], dense=not sparse,
-                                        slot=slot))
+                                        slot=slot, kernel=kernel))
             else:
                 dense_reqs.append(i)
         if self._stats is not None:
@@ -283,9 +225,21 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
             self._layer = (index, groups)
         return self._layer
 
+    def _all_dense(self, layer: torch.nn.Module) -> bool:
+        """Every head of this layer is dense in the profile."""
+        _, groups = self._groups(layer)
+        return all(isinstance(g.params, DenseParams) for g in groups)
+
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output,  # type: ignore[override]
                 output_scale=None, output_block_scale=None):
         plan = getattr(attn_metadata, "plan", None)
+        if plan is not None and not plan.window and self._all_dense(layer):
+            # every head dense: vLLM's kernel over the whole batch, exactly as without the plugin
+            super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
+                            output_scale, output_block_scale)
+            self._count_dense(layer, plan.segments)
+            self._compressed_decode(layer, query, key, value, kv_cache, plan, output)
+            return output
         if plan is None or plan.dense_rows is None:
             super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
                             output_scale, output_block_scale)
@@ -301,6 +255,14 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
             output[seg.q_start:seg.q_end] = self._segment(layer, seg, query, key, value, kv_cache, plan.window)
         self._compressed_decode(layer, query, key, value, kv_cache, plan, output)
         return output
+
+    def _count_dense(self, layer, segments: list[Segment]) -> None:
+        """Count the segments of a layer that vLLM's kernel ran: every causal pair kept."""
+        if self._runtime.stats is not None:
+            layer_idx, _ = self._groups(layer)
+            for seg in segments:
+                pairs = causal_pairs(seg.seq_len, seg.seq_len - (seg.q_end - seg.q_start)) * self.num_heads
+                self._runtime.stats.add_pairs(layer_idx, pairs, pairs)
 
     def _segment(self, layer, seg: Segment, query, key, value, kv_cache, window: int) -> torch.Tensor:
         """Attention output ``[Nq, Hq, D]`` of one segment: sparse per head group, or dense."""
@@ -322,9 +284,11 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
         if seg.dense:
             return dense_tail_attention(q, k_all, v_all, scale=self.scale).transpose(0, 1).to(query.dtype)
         executor = self._runtime.config.executor or ("triton" if query.is_cuda else "gather")
+        kernel, q_rows = seg.kernel, query[rows]
+        exact = None if kernel is None else lambda heads: kernel.heads(q_rows, kv_cache, heads, scale=self.scale)
         try:
             out, pairs = segment_attention(q, k_all, v_all, list(groups), scale=self.scale, backend=executor,
-                                           dense_tail=self._runtime.config.dense_tail)
+                                           dense_tail=self._runtime.config.dense_tail, exact=exact)
         except Exception:  # noqa: BLE001 - any failure of the sparse path runs dense, counted
             logger.exception("sparse prefill failed on layer %d (%d tokens); running dense", layer_idx, seg.seq_len)
             if stats is not None:

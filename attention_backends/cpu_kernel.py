@@ -1,0 +1,106 @@
+"""vLLM's own CPU attention ops, called on part of a batch: one segment, some query heads.
+
+The dense heads of a sparse prefill segment need exact causal attention over the segment's whole
+context, which is what vLLM's paged kernel (``cpu_attention_with_kv_cache``) computes, reading
+the keys in place from the cache. Measured on a 2-core AVX-512 host (bf16, 8,192 queries over
+16,384 keys, 9 query / 3 KV heads): 1.55 s for vLLM's kernel vs 1.8-1.9 s for a gather of the
+context plus ATen's flash attention (``segment.dense_tail_attention``). The kernel maps query head
+``h`` to KV head ``h // (Hq / Hkv)``, so the dense heads of one KV head run together against a
+one-head view of the cache (the op takes strided views; checked against the reference in tests).
+
+Also :func:`check_cache_layout`: the paged layout that :mod:`attention_backends.paged_kv` reads,
+checked against vLLM's own cache-write op. The only module besides the adapter that calls vLLM's ops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from vllm import _custom_ops as ops
+
+from .paged_kv import gather_sequence_kv
+
+
+def check_cache_layout(isa: str, dtype: torch.dtype, block_size: int, head_size: int) -> None:
+    """Write a few keys/values with vLLM's own cache op and read them back with ``paged_kv``.
+
+    Raises ``RuntimeError`` when the layout differs (e.g. the AMX ISA's packed keys).
+    """
+    hkv, tokens = 2, block_size + 3
+    cache = torch.zeros(3, hkv, block_size, 2 * head_size, dtype=dtype)
+    k = torch.randn(tokens, hkv, head_size).to(dtype)
+    v = torch.randn(tokens, hkv, head_size).to(dtype)
+    key_cache, value_cache = split_cache(cache)
+    slots = torch.arange(block_size, block_size + tokens)
+    ops.cpu_attn_reshape_and_cache(k, v, key_cache, value_cache, slots, isa,
+                                   k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
+    got_k, got_v = gather_sequence_kv(cache, torch.tensor([1, 2]), tokens)
+    if not (torch.equal(got_k, k.transpose(0, 1)) and torch.equal(got_v, v.transpose(0, 1))):
+        raise RuntimeError(f"vLLM's CPU KV-cache layout for ISA {isa!r} is not the one sparse-serve "
+                           "reads; serve with --no-sparse on this machine")
+
+
+def split_cache(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM's key and value views of one layer's cache ``[NB, Hkv, B, 2D]`` (each ``[NB, Hkv, B, D]``).
+
+    Works on a one-KV-head slice ``kv_cache[:, g:g + 1]`` too (a strided view, no copy).
+    """
+    nb, hkv, bs, two_d = kv_cache.shape
+    return kv_cache.view(nb, hkv, 2 * bs, two_d // 2).chunk(2, dim=2)
+
+
+@dataclass
+class SegmentKernel:
+    """vLLM's kernel over one request's segment: ``Nq`` queries at the end of a ``seq_len`` context.
+
+    Planned once per batch (the adapter's ``Segment`` carries it through every layer); the
+    scheduler metadata, which depends on the number of query heads in a call, is made on first use.
+    """
+
+    isa: str
+    dtype: torch.dtype
+    head_dim: int
+    num_queries: int
+    seq_len: int
+    block_ids: torch.Tensor
+    _metadata: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._query_start_loc = torch.tensor([0, self.num_queries], dtype=torch.int32)
+        self._seq_lens = torch.tensor([self.seq_len], dtype=torch.int32)
+        self._block_table = self.block_ids.to(torch.int32).unsqueeze(0)
+
+    def _scheduler(self, num_heads: int) -> torch.Tensor:
+        if num_heads not in self._metadata:
+            self._metadata[num_heads] = ops.cpu_attn_get_scheduler_metadata(
+                num_reqs=1, num_heads=num_heads, num_kv_heads=1, head_dim=self.head_dim, seq_lens=self._seq_lens,
+                dtype=self.dtype, query_start_loc=self._query_start_loc, causal=True, sliding_window_size=-1,
+                isa=self.isa, enable_kv_split=False, dynamic_causal=None, kv_cache_dtype="auto")
+        return self._metadata[num_heads]
+
+    def heads(self, query: torch.Tensor, kv_cache: torch.Tensor, heads: tuple[int, ...], *, scale: float) -> torch.Tensor:
+        """Exact causal attention of some query heads: ``query [Nq, Hq, D]`` -> ``[len(heads), Nq, D]``.
+
+        ``kv_cache [NB, Hkv, B, 2D]`` holds the segment's whole context (its own rows written).
+        """
+        nq, hq, d = query.shape
+        per_kv = hq // kv_cache.shape[1]
+        if nq != self.num_queries or d != self.head_dim:
+            raise ValueError(f"segment planned for {self.num_queries} x {self.head_dim}, got queries {tuple(query.shape)}")
+        out = query.new_empty(len(heads), nq, d)
+        by_kv: dict[int, list[int]] = {}
+        for i, h in enumerate(heads):
+            by_kv.setdefault(h // per_kv, []).append(i)
+        for g, slots in by_kv.items():
+            q = query[:, [heads[i] for i in slots]].contiguous()
+            o = torch.empty_like(q)
+            key_cache, value_cache = split_cache(kv_cache[:, g:g + 1])
+            ops.cpu_attention_with_kv_cache(
+                query=q, key_cache=key_cache, value_cache=value_cache, output=o,
+                query_start_loc=self._query_start_loc, seq_lens=self._seq_lens, scale=scale, causal=True,
+                alibi_slopes=None, sliding_window=-1, block_table=self._block_table, softcap=0.0,
+                scheduler_metadata=self._scheduler(len(slots)), s_aux=None, dynamic_causal=None,
+                k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
+            out[slots] = o.transpose(0, 1)
+        return out

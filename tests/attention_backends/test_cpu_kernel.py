@@ -1,0 +1,76 @@
+"""vLLM's CPU kernel on one segment and some query heads, against exact attention of the gathered context."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attention_backends.paged_kv import gather_sequence_kv
+from attention_backends.patterns import AShapeParams, DenseParams
+from attention_backends.segment import HeadGroup, dense_tail_attention, segment_attention
+from paged_cache import write_with_vllm
+
+pytest.importorskip("vllm")
+from attention_backends.cpu_kernel import SegmentKernel, check_cache_layout  # noqa: E402
+
+SCALE = 0.125
+HQ, HKV, D, BS = 6, 2, 64, 32
+
+
+def _paged(n: int, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cache holding one sequence of ``n`` tokens in shuffled blocks, and its block table."""
+    g = torch.Generator().manual_seed(seed)
+    nblk = -(-n // BS)
+    block_ids = torch.randperm(nblk + 3, generator=g)[:nblk]
+    slots = torch.cat([b * BS + torch.arange(BS) for b in block_ids])[:n]
+    cache = torch.zeros(nblk + 3, HKV, BS, 2 * D, dtype=dtype)
+    write_with_vllm(cache, torch.randn(n, HKV, D, generator=g).to(dtype), torch.randn(n, HKV, D, generator=g).to(dtype), slots)
+    return cache, block_ids
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("n,nq", [(200, 200), (200, 37), (97, 1 + 64)])
+@pytest.mark.parametrize("heads", [(0,), (1, 2), (0, 4), (5, 3, 1), tuple(range(HQ))])
+def test_kernel_heads_equal_exact_attention(dtype: torch.dtype, atol: float, n: int, nq: int, heads: tuple[int, ...]) -> None:
+    cache, block_ids = _paged(n, dtype)
+    query = torch.randn(nq, HQ, D, generator=torch.Generator().manual_seed(1)).to(dtype)
+    kernel = SegmentKernel("vec", dtype, D, nq, n, block_ids)
+    got = kernel.heads(query, cache, heads, scale=SCALE)
+    k, v = gather_sequence_kv(cache, block_ids, n)
+    idx = torch.tensor(heads)
+    want = dense_tail_attention(query.transpose(0, 1)[idx].float(), k.float()[idx // (HQ // HKV)],
+                                v.float()[idx // (HQ // HKV)], scale=SCALE)
+    assert got.shape == (len(heads), nq, D) and got.dtype == dtype
+    torch.testing.assert_close(got.float(), want, atol=atol, rtol=0)
+
+
+def test_segment_with_the_kernel_for_dense_heads_equals_the_default_path() -> None:
+    n, nq = 300, 120
+    cache, block_ids = _paged(n, torch.float32, seed=2)
+    query = torch.randn(nq, HQ, D, generator=torch.Generator().manual_seed(3))
+    k, v = gather_sequence_kv(cache, block_ids, n)
+    groups = [HeadGroup(DenseParams(), (0, 2, 3)), HeadGroup(AShapeParams(n_init=16, n_local=64), (1, 4, 5))]
+    kernel = SegmentKernel("vec", torch.float32, D, nq, n, block_ids)
+    calls: list[tuple[int, ...]] = []
+
+    def exact(heads: tuple[int, ...]) -> torch.Tensor:
+        calls.append(heads)
+        return kernel.heads(query, cache, heads, scale=SCALE)
+
+    q = query.transpose(0, 1)
+    got, stats = segment_attention(q, k, v, groups, scale=SCALE, dense_tail=16, exact=exact)
+    want, want_stats = segment_attention(q, k, v, groups, scale=SCALE, dense_tail=16)
+    assert calls == [(0, 2, 3)]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert stats == want_stats
+
+
+def test_kernel_rejects_a_segment_of_another_shape() -> None:
+    cache, block_ids = _paged(64, torch.float32)
+    kernel = SegmentKernel("vec", torch.float32, D, 10, 64, block_ids)
+    with pytest.raises(ValueError, match="planned for 10"):
+        kernel.heads(torch.zeros(11, HQ, D), cache, (0,), scale=SCALE)
+
+
+def test_cache_layout_check_passes_for_the_isa_we_run() -> None:
+    check_cache_layout("vec", torch.bfloat16, 128, 64)
