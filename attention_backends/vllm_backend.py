@@ -8,9 +8,11 @@ SGLang do it:
 * **plan, once per batch** (``SparseCPUMetadataBuilder.build``): which requests are prefill
   segments with a context of at least ``threshold`` tokens (sparse), and a metadata of vLLM's
   kernel for the rest (decode tokens, short prefills), built by the wrapped builder;
-* **run, per layer** (``SparseCPUAttentionImpl.forward``): vLLM's kernel over the dense rows,
-  then for every sparse segment the keys/values read back from the paged cache and the
-  layer's head groups from the profile (:mod:`attention_backends.segment`).
+* **run, per layer** (``SparseCPUAttentionImpl.forward``): a layer whose heads are all dense in
+  the profile runs vLLM's kernel over the whole batch; otherwise vLLM's kernel runs the other
+  rows, and every sparse segment runs the layer's head groups (:mod:`attention_backends.segment`)
+  over its keys/values read back from the paged cache, its dense heads on vLLM's own kernel
+  (:mod:`attention_backends.cpu_kernel`).
 
 Segments too short to plan (fewer than ``min_segment`` new tokens) and segments whose sparse
 path raises run dense; both are logged and counted as fallbacks (``engine_stats``).
