@@ -85,13 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=int, default=None, help="--sparse-threshold (default: server's)")
     ap.add_argument("--answer-tokens", type=int, default=8)
     ap.add_argument("--modes", default="dense,sparse")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="profile of the sparse server (default: the shipped one for the model's RoPE variant)")
     args = ap.parse_args(argv)
     lengths = [int(x) for x in args.lengths.split(",")]
     model = yarn_variant(ensure_model(), max(lengths) + args.answer_tokens + 64)
     tokenizer = AutoTokenizer.from_pretrained(model)
     prompts = {n: prompt_of(tokenizer, n, seed=n) for n in lengths}
     work = Path(tempfile.mkdtemp(prefix="ttft-"))
-    profile = shipped_profile_for(model, work / "profile.json")
+    profile = args.profile or shipped_profile_for(model, work / "profile.json")
     common = ["--dtype", args.dtype, "--max-model-len", str(max(lengths) + args.answer_tokens + 64),
               "--max-num-batched-tokens", str(args.chunk), "--no-enable-prefix-caching",
               "--gpu-memory-utilization", "0.3"]
