@@ -10,11 +10,18 @@ from attention_backends.patterns import AShapeParams, DenseParams
 from attention_backends.segment import HeadGroup, dense_tail_attention, segment_attention
 from paged_cache import write_with_vllm
 
-pytest.importorskip("vllm")
-from attention_backends.cpu_kernel import SegmentKernel, check_cache_layout  # noqa: E402
-
 SCALE = 0.125
 HQ, HKV, D, BS = 6, 2, 64, 32
+
+
+@pytest.fixture(scope="module")
+def ck():
+    """The module under test, imported at test time: importing vLLM at collection would load Triton
+    before tests/attention_backends/test_triton_kernels.py turns its interpreter on."""
+    pytest.importorskip("vllm")
+    import attention_backends.cpu_kernel as module
+
+    return module
 
 
 def _paged(n: int, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,10 +38,10 @@ def _paged(n: int, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, tor
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("n,nq", [(200, 200), (200, 37), (97, 1 + 64)])
 @pytest.mark.parametrize("heads", [(0,), (1, 2), (0, 4), (5, 3, 1), tuple(range(HQ))])
-def test_kernel_heads_equal_exact_attention(dtype: torch.dtype, atol: float, n: int, nq: int, heads: tuple[int, ...]) -> None:
+def test_kernel_heads_equal_exact_attention(ck, dtype: torch.dtype, atol: float, n: int, nq: int, heads: tuple[int, ...]) -> None:
     cache, block_ids = _paged(n, dtype)
     query = torch.randn(nq, HQ, D, generator=torch.Generator().manual_seed(1)).to(dtype)
-    kernel = SegmentKernel("vec", dtype, D, nq, n, block_ids)
+    kernel = ck.SegmentKernel("vec", dtype, D, nq, n, block_ids)
     got = kernel.heads(query, cache, heads, scale=SCALE)
     k, v = gather_sequence_kv(cache, block_ids, n)
     idx = torch.tensor(heads)
@@ -44,13 +51,13 @@ def test_kernel_heads_equal_exact_attention(dtype: torch.dtype, atol: float, n: 
     torch.testing.assert_close(got.float(), want, atol=atol, rtol=0)
 
 
-def test_segment_with_the_kernel_for_dense_heads_equals_the_default_path() -> None:
+def test_segment_with_the_kernel_for_dense_heads_equals_the_default_path(ck) -> None:
     n, nq = 300, 120
     cache, block_ids = _paged(n, torch.float32, seed=2)
     query = torch.randn(nq, HQ, D, generator=torch.Generator().manual_seed(3))
     k, v = gather_sequence_kv(cache, block_ids, n)
     groups = [HeadGroup(DenseParams(), (0, 2, 3)), HeadGroup(AShapeParams(n_init=16, n_local=64), (1, 4, 5))]
-    kernel = SegmentKernel("vec", torch.float32, D, nq, n, block_ids)
+    kernel = ck.SegmentKernel("vec", torch.float32, D, nq, n, block_ids)
     calls: list[tuple[int, ...]] = []
 
     def exact(heads: tuple[int, ...]) -> torch.Tensor:
@@ -65,12 +72,12 @@ def test_segment_with_the_kernel_for_dense_heads_equals_the_default_path() -> No
     assert stats == want_stats
 
 
-def test_kernel_rejects_a_segment_of_another_shape() -> None:
+def test_kernel_rejects_a_segment_of_another_shape(ck) -> None:
     cache, block_ids = _paged(64, torch.float32)
-    kernel = SegmentKernel("vec", torch.float32, D, 10, 64, block_ids)
+    kernel = ck.SegmentKernel("vec", torch.float32, D, 10, 64, block_ids)
     with pytest.raises(ValueError, match="planned for 10"):
         kernel.heads(torch.zeros(11, HQ, D), cache, (0,), scale=SCALE)
 
 
-def test_cache_layout_check_passes_for_the_isa_we_run() -> None:
-    check_cache_layout("vec", torch.bfloat16, 128, 64)
+def test_cache_layout_check_passes_for_the_isa_we_run(ck) -> None:
+    ck.check_cache_layout("vec", torch.bfloat16, 128, 64)
