@@ -9,7 +9,8 @@ def write_with_vllm(cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots
     """Write ``k, v [T, Hkv, D]`` at ``slots [T]`` of ``cache [NB, Hkv, B, 2D]`` (the ``vec`` ISA layout)."""
     from vllm import _custom_ops as ops
 
-    nb, hkv, bs, two_d = cache.shape
-    key_cache, value_cache = cache.view(nb, hkv, 2 * bs, two_d // 2).chunk(2, dim=2)
+    from attention_backends.cpu_kernel import split_cache
+
+    key_cache, value_cache = split_cache(cache)
     ops.cpu_attn_reshape_and_cache(k, v, key_cache, value_cache, slots, "vec",
                                    k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
