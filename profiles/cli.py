@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--query-rows", type=int, default=256, help="query rows (later half) scored per length")
     parser.add_argument(
+        "--dense-layers", type=int, default=3, metavar="N",
+        help="keep every head of the first N layers dense: an error there reaches every later layer (default 3)",
+    )
+    parser.add_argument(
         "--costs-from", type=Path, metavar="PROFILE",
         help="reuse the per-pattern costs measured in an earlier profile instead of timing them (reproducible reruns)",
     )
@@ -65,13 +69,15 @@ def _build(args: argparse.Namespace) -> int:
         raise ValueError("`profile build` needs --out FILE")
     if not 0.0 < args.target_recall <= 1.0:
         raise ValueError(f"--target-recall must be in (0, 1]; got {args.target_recall}")
+    if args.dense_layers < 0:
+        raise ValueError(f"--dense-layers must be >= 0; got {args.dense_layers}")
     costs = None
     if args.costs_from is not None:
         costs = load_profile(args.costs_from).calibration.pattern_cost
         if not costs:
             raise ValueError(f"{args.costs_from}: calibration.pattern_cost is empty (profile made before costs were measured)")
     words = ["--model", str(args.model), "--out", str(args.out), "--lengths", ",".join(map(str, args.lengths)),
-             "--target-recall", str(args.target_recall), "--seed", str(args.seed)]
+             "--target-recall", str(args.target_recall), "--seed", str(args.seed), "--dense-layers", str(args.dense_layers)]
     if args.costs_from is not None:
         words += ["--costs-from", str(args.costs_from)]
     command = "sparse-serve profile " + " ".join(shlex.quote(a) for a in words)
@@ -81,6 +87,7 @@ def _build(args: argparse.Namespace) -> int:
         target_recall=args.target_recall,
         seed=args.seed,
         query_rows=args.query_rows,
+        dense_layers=args.dense_layers,
         command=command,
         pattern_cost=costs,
     )

@@ -84,6 +84,9 @@ class CalibrationSettings(_Strict):
     pattern_cost: dict[str, float] = Field(
         default_factory=dict, description="Measured time per kept pair of each pattern over dense time per pair."
     )
+    dense_layers: int = Field(
+        0, ge=0, description="The first layers, whose heads were all kept dense whatever their scores (0 in older files)."
+    )
 
 
 class Profile(_Strict):

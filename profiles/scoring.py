@@ -107,6 +107,11 @@ class HeadChoice:
     density: float
 
 
+def dense_choice(block_size: int = BLOCK_SIZE) -> HeadChoice:
+    """The choice of a head kept dense: full causal attention, recall 1, density 1."""
+    return HeadChoice(DenseParams(block_size=block_size), 1.0, 1.0)
+
+
 def choose_patterns(
     per_length: list[LayerScores], target_recall: float, costs: Mapping[str, float] | None = None
 ) -> list[HeadChoice]:
@@ -132,7 +137,7 @@ def choose_patterns(
     for h in range(recall.shape[1]):
         best = int(torch.argmin(cost[:, h]).item())
         if not bool(ok[best, h]) or float(cost[best, h]) >= 1.0:
-            choices.append(HeadChoice(DenseParams(block_size=candidates[0].block_size), 1.0, 1.0))
+            choices.append(dense_choice(candidates[0].block_size))
         else:
             choices.append(HeadChoice(candidates[best], float(recall[best, h]), float(dens[best, h])))
     return choices

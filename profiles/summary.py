@@ -19,7 +19,8 @@ def format_summary(profile: Profile) -> str:
     fp = profile.model
     lines = [
         f"model: {fp.architecture}, {fp.num_layers} layers, {fp.num_q_heads} q / {fp.num_kv_heads} kv heads, head_dim {fp.head_dim}",
-        f"calibration: lengths {profile.calibration.lengths}, target recall {profile.calibration.target_recall}, seed {profile.calibration.seed}",
+        f"calibration: lengths {profile.calibration.lengths}, target recall {profile.calibration.target_recall}, "
+        f"seed {profile.calibration.seed}, first {profile.calibration.dense_layers} layers dense",
         "layer  patterns (head order)                   mean density  min recall",
     ]
     for layer in profile.layers:

@@ -19,12 +19,15 @@ def cli(*argv: str) -> int:
 
 def test_build_show_check(tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "tiny.json"
-    assert cli("--model", str(tiny_llama), "--out", str(out), "--lengths", "512", "--query-rows", "16", "--quiet") == 0
+    assert cli("--model", str(tiny_llama), "--out", str(out), "--lengths", "512", "--query-rows", "16", "--dense-layers", "1",
+               "--quiet") == 0
     data = json.loads(out.read_text())
     assert data["calibration"]["lengths"] == [512] and "--lengths 512" in data["calibration"]["command"]
+    assert data["calibration"]["dense_layers"] == 1 and "--dense-layers 1" in data["calibration"]["command"]
+    assert {h["prefill"]["pattern"] for h in data["layers"][0]["heads"]} == {"dense"}
     assert cli("show", str(out)) == 0
     shown = capsys.readouterr().out
-    assert "mean prefill density" in shown and "patterns:" in shown
+    assert "mean prefill density" in shown and "patterns:" in shown and "first 1 layers dense" in shown
     assert cli("check", str(out), "--model", str(tiny_llama)) == 0
     data["model"]["num_layers"] = 3
     out.write_text(json.dumps(data))
@@ -38,7 +41,8 @@ def test_check_against_other_model(tiny_llama: Path, tmp_path: Path, capsys: pyt
     other = tmp_path / "other"
     LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, hidden_size=64, head_dim=16).save_pretrained(other)
     out = tmp_path / "tiny.json"
-    assert cli("--model", str(tiny_llama), "--out", str(out), "--lengths", "512", "--query-rows", "16", "--quiet") == 0
+    assert cli("--model", str(tiny_llama), "--out", str(out), "--lengths", "512", "--query-rows", "16", "--dense-layers", "0",
+               "--quiet") == 0
     capsys.readouterr()
     assert cli("check", str(out), "--model", str(other)) == 2
     err = capsys.readouterr().err
@@ -54,3 +58,12 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "no model config" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli("--lengths", "8k")
+
+
+def test_dense_layers_errors(tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "tiny.json"
+    assert cli("--model", str(tiny_llama), "--out", str(out), "--dense-layers", "-1") == 2
+    assert "--dense-layers must be >= 0; got -1" in capsys.readouterr().err
+    assert cli("--model", str(tiny_llama), "--out", str(out), "--lengths", "512", "--quiet") == 2  # default 3 > 2 layers
+    assert "dense_layers 3 exceeds the model's 2 layers" in capsys.readouterr().err
+    assert not out.exists()
