@@ -23,9 +23,9 @@ FALLBACK_REASONS = ("short_segment", "error", "no_history")
 """Why a sparse-eligible prefill segment ran dense, or a windowed layer's segment read only the pool
 window (``no_history``); each is logged and counted."""
 
-KV_COUNTERS = ("decode_steps", "positions_read", "offload_read_bytes", "cache_hits", "cache_misses", "unknown_request",
-               "errors")
-"""Compressed decode, summed: (row, layer, group) steps through a store, positions they read, bytes
+KV_COUNTERS = ("decode_steps", "native_steps", "positions_read", "offload_read_bytes", "cache_hits", "cache_misses",
+               "unknown_request", "errors")
+"""Compressed decode, summed: (row, layer, group) steps through a store, those the C kernel ran, positions they read, bytes
 copied from the offload tier, NOSA resident-cache hits / misses, decode rows whose request the
 connector did not name and compressed steps that raised (both keep the dense kernel's output;
 logged)."""

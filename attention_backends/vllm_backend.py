@@ -344,7 +344,8 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                     break
                 output[row.row, list(group.q_heads)] = out.to(output.dtype)
                 if stats is not None:
-                    stats.add_kv(decode_steps=1, positions_read=sum(st.positions), offload_read_bytes=st.offload_bytes_read,
+                    stats.add_kv(decode_steps=1, native_steps=int(st.native), positions_read=sum(st.positions),
+                                 offload_read_bytes=st.offload_bytes_read,
                                  cache_hits=st.cache_hits, cache_misses=st.cache_misses)
             if window:
                 STORES.drop_history(request, layer_idx)  # the stores hold the sequence now

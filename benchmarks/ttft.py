@@ -58,6 +58,15 @@ def shipped_profile_for(model: Path, fallback: Path) -> Path:
     return fallback
 
 
+def pool_bytes_for(model: Path, tokens: int) -> int:
+    """A KV pool that holds one request of ``tokens`` in float32 with 25% to spare (vLLM refuses to start below one)."""
+    config = json.loads((model / "config.json").read_text())
+    heads = config.get("num_key_value_heads", config["num_attention_heads"])
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    per_token = config["num_hidden_layers"] * heads * head_dim * 2 * 4
+    return int(tokens * per_token * 1.25)
+
+
 def measure(server, prompts: dict[int, list[int]], answer_tokens: int) -> dict[int, tuple[float, str]]:
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key or "none", max_retries=0,
                            timeout=3600)
@@ -84,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=8192, help="--max-num-batched-tokens of both servers")
     ap.add_argument("--threshold", type=int, default=None, help="--sparse-threshold (default: server's)")
     ap.add_argument("--answer-tokens", type=int, default=8)
+    ap.add_argument("--kv-cache-memory-bytes", type=int, default=None,
+                    help="vLLM's KV pool of both servers (default: one longest prompt in float32, plus 25%%)")
     ap.add_argument("--modes", default="dense,sparse")
     ap.add_argument("--profile", type=Path, default=None,
                     help="profile of the sparse server (default: the shipped one for the model's RoPE variant)")
@@ -94,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     prompts = {n: prompt_of(tokenizer, n, seed=n) for n in lengths}
     work = Path(tempfile.mkdtemp(prefix="ttft-"))
     profile = args.profile or shipped_profile_for(model, work / "profile.json")
-    common = ["--dtype", args.dtype, "--max-model-len", str(max(lengths) + args.answer_tokens + 64),
+    max_len = max(lengths) + args.answer_tokens + 64
+    pool = args.kv_cache_memory_bytes or pool_bytes_for(model, max_len)
+    common = ["--dtype", args.dtype, "--max-model-len", str(max_len),
               "--max-num-batched-tokens", str(args.chunk), "--no-enable-prefix-caching",
-              "--gpu-memory-utilization", "0.3"]
+              "--kv-cache-memory-bytes", str(pool), "--request-timeout-s", "7200"]
     flags = {"dense": ["--no-sparse"], "sparse": ["--profile", str(profile)]}
     if args.threshold is not None:
         flags["sparse"] += ["--sparse-threshold", str(args.threshold)]

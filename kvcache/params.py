@@ -72,6 +72,8 @@ class NosaKvParams(ShadowKvParams):
     policy: Literal["nosa"] = "nosa"  # type: ignore[assignment]
     max_change: int = Field(8, ge=0, description="Chunks per KV head admitted that were not selected at the previous step.")
     resident_chunks: int = Field(384, gt=0, description="Resident chunk cache capacity per KV head (fast tier).")
+    resident_keys: bool = Field(True, description="Resident chunks also keep their rebuilt post-RoPE keys, so a hit "
+                                "skips the low-rank rebuild (doubles the resident tier's bytes).")
 
 
 KvPolicyParams = Annotated[

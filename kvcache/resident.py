@@ -42,13 +42,18 @@ class ResidentChunks:
 
     def clear(self) -> None:
         """Forget every resident chunk and the counters."""
+        self.evict_all()
+        self.clock = self.hits = self.misses = self.steps = 0
+
+    def evict_all(self) -> None:
+        """Forget every resident chunk (the counters stay)."""
         idx = dict(dtype=torch.int64, device=self.device)
         self.slot_chunk = torch.full((self.heads, self.capacity), -1, **idx)  # chunk id held by each slot
         self.last_used = torch.full((self.heads, self.capacity), -1, **idx)  # step that last read each slot
         self.slot_of = torch.full((self.heads, 0), -1, **idx)  # slot of each chunk id, -1 if not resident
-        self.clock = self.hits = self.misses = self.steps = 0
 
-    def _cover(self, chunks: int) -> None:
+    def cover(self, chunks: int) -> None:
+        """Make ``slot_of`` hold at least ``chunks`` chunk ids."""
         if self.slot_of.shape[1] < chunks:
             grown = torch.full((self.heads, max(chunks, self.slot_of.shape[1] * 3 // 2)), -1,
                                dtype=torch.int64, device=self.device)
@@ -60,7 +65,7 @@ class ResidentChunks:
         if chunk_mask.dim() != 2 or chunk_mask.shape[0] != self.heads:
             raise ValueError(f"chunk_mask must be [{self.heads}, C]; got {tuple(chunk_mask.shape)}")
         chunk_mask = chunk_mask.to(self.device)
-        self._cover(chunk_mask.shape[1])
+        self.cover(chunk_mask.shape[1])
         self.clock += 1
         slots_now = self.slot_of[:, : chunk_mask.shape[1]]
         hit = chunk_mask & (slots_now >= 0)
@@ -83,14 +88,18 @@ class ResidentChunks:
         self.slot_of[fh, fc] = slots
         self.last_used[fh, slots] = self.clock
         hits, misses = hh.numel(), mh.numel()
+        self.record(hits, misses)
+        return ChunkStep(hits, misses, misses * self.bytes_per_chunk, fh, fc, slots)
+
+    def record(self, hits: int, misses: int) -> None:
+        """Count one step's hits and misses (:meth:`step`, or a kernel that ran the same step on these tables)."""
         self.hits += hits
         self.misses += misses
         self.steps += 1
-        return ChunkStep(hits, misses, misses * self.bytes_per_chunk, fh, fc, slots)
 
     def slots(self, heads: torch.Tensor, chunks: torch.Tensor) -> torch.Tensor:
         """Slot of each ``(heads[i], chunks[i])``, ``-1`` where the chunk is not resident."""
-        self._cover(int(chunks.max()) + 1 if chunks.numel() else 0)
+        self.cover(int(chunks.max()) + 1 if chunks.numel() else 0)
         return self.slot_of[heads, chunks]
 
     @property

@@ -65,15 +65,19 @@ class RopeTable:
             return self._cos.new_empty(shape), self._sin.new_empty(shape)
         if int(positions.min()) < 0:
             raise ValueError("RopeTable holds non-negative positions only")
-        need = int(positions.max()) + 1
-        if need > len(self):
-            size = max(need, 2 * len(self), 1024)
+        self.halves(int(positions.max()) + 1)
+        flat = positions.reshape(-1).to(self._cos.device)
+        return self._cos.index_select(0, flat).reshape(shape), self._sin.index_select(0, flat).reshape(shape)
+
+    def halves(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole table ``cos, sin float32 [>= length, D/2]`` (contiguous), grown to cover ``length`` positions."""
+        if length > len(self):
+            size = max(length, 2 * len(self), 1024)
             cos, sin = rope_cos_sin(torch.arange(size, device=self.inv_freq.device), self.inv_freq,
                                     self.attention_scaling)
             half = self.inv_freq.numel()
             self._cos, self._sin = cos[:, :half].contiguous(), sin[:, :half].contiguous()
-        flat = positions.reshape(-1).to(self._cos.device)
-        return self._cos.index_select(0, flat).reshape(shape), self._sin.index_select(0, flat).reshape(shape)
+        return self._cos, self._sin
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``cos, sin float32 [..., D]`` of non-negative integer ``positions [...]`` (as :func:`rope_cos_sin`)."""

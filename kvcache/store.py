@@ -16,8 +16,13 @@ the local window (:func:`kvcache.selection.local_start`):
 * offload: the values of positions ``[0, W)``.
 
 ``nosa`` adds a resident tier on the pool: per KV head ``resident_chunks`` slots of chunk values
-(:class:`kvcache.resident.ResidentChunks`, LRU); a decode step copies only the selected chunks
-that are not resident from the offload tier, and reads the others from the pool.
+(:class:`kvcache.resident.ResidentChunks`, LRU) and, with ``resident_keys``, their rebuilt
+post-RoPE keys; a decode step copies only the selected chunks that are not resident from the
+offload tier, and reads the others from the pool. A refit evicts the tier (its keys came from the
+old fit).
+
+Compressed stores on the CPU run :meth:`SequenceKvStore.attend` through the C kernel
+(:mod:`kvcache.native_step`); :meth:`SequenceKvStore.attend_reference` is the same step in PyTorch.
 
 ``full`` keeps everything exact in the pool; ``streaming`` keeps sinks + the last ``n_local``
 tokens and drops the rest. Byte accounting counts the capacity of every tensor held.
@@ -34,6 +39,7 @@ from .buffers import TokenBuffer, offload_device_pinned
 from .decode_attention import padded_positions, sparse_decode_attention
 from .landmarks import chunk_landmarks, chunk_positions, outlier_chunks
 from .lowrank import LowRankKeys, fit_lowrank, rebuild
+from .native_step import attend_native
 from .nosa import nosa_select_positions
 from .params import FullKvParams, NosaKvParams, ShadowKvParams, StreamingKvParams
 from .resident import ResidentChunks
@@ -45,12 +51,13 @@ AnyKvParams = FullKvParams | StreamingKvParams | ShadowKvParams | NosaKvParams
 
 @dataclass(frozen=True)
 class DecodeStats:
-    """What one :meth:`SequenceKvStore.attend` read: positions per KV head and bytes copied from the offload tier."""
+    """What one :meth:`SequenceKvStore.attend` read: positions per KV head, bytes copied from the offload tier, cache use."""
 
     positions: list[int]
     offload_bytes_read: int
     cache_hits: int = 0
     cache_misses: int = 0
+    native: bool = False  # run by the C kernel (kvcache/native_step.py)
 
 
 def _nbytes(t: torch.Tensor | None) -> int:
@@ -71,8 +78,10 @@ class SequenceKvStore:
         attention_scaling: float = 1.0,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        native: bool = True,
     ) -> None:
         self.params, self.hkv, self.d, self.dtype = params, num_kv_heads, head_dim, dtype
+        self.native = native  # decode steps through the C kernel where it applies (kvcache/native_step.py)
         self.device = torch.device(device)
         inv_freq = (rope_inv_freq(head_dim, theta) if inv_freq is None else inv_freq).to(self.device)
         self.rope = shared_rope_table(inv_freq, attention_scaling)
@@ -104,6 +113,7 @@ class SequenceKvStore:
             else None
         )
         self.resident_v: torch.Tensor | None = None  # [Hkv, resident_chunks, chunk, D] (nosa, allocated on first use)
+        self.resident_k: torch.Tensor | None = None  # same, rebuilt post-RoPE keys (nosa with resident_keys)
 
     def _no_outliers(self) -> None:
         self.outliers = torch.empty(self.hkv, 0, dtype=torch.int64, device=self.device)  # chunk ids [Hkv, O]
@@ -180,6 +190,8 @@ class SequenceKvStore:
         self.factors = fit_lowrank(keys, self.params.rank)
         self.n_fit = keys.shape[1]
         self.pending_pre.free()
+        if self.cache is not None and self.resident_k is not None:
+            self.cache.evict_all()  # resident keys were rebuilt from the old fit
 
     # ---- decode --------------------------------------------------------------------------
     def _gather_rows(self, buf: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -224,7 +236,10 @@ class SequenceKvStore:
             slot = torch.full_like(pos, -1)
             slot[fetch] = self.cache.slots(heads[fetch], pos[fetch] // self.chunk)
             near = fetch & (slot >= 0)
-            v[near] = self.resident_v[heads[near], slot[near], pos[near] % self.chunk]
+            at = (heads[near], slot[near], pos[near] % self.chunk)
+            v[near] = self.resident_v[at]
+            if self.resident_k is not None:  # the tier holds these keys (equal to the rebuilt ones until a refit)
+                self.resident_k[at] = k[near]
             fetch = fetch & ~near
         heads = torch.arange(hkv, device=pos.device).unsqueeze(1).expand_as(pos)[fetch]
         v[fetch] = self.offload_v.gather(heads.cpu(), pos[fetch].cpu()).to(self.device, non_blocking=True)
@@ -240,6 +255,14 @@ class SequenceKvStore:
             vs = torch.cat((self.sink_v.view()[:, :s], self.win_v.view()), dim=1)
             out = sparse_decode_attention(q, ks, vs, None, scale)
             return out, DecodeStats(positions=[ks.shape[1]] * self.hkv, offload_bytes_read=0)
+        if self.native:
+            fast = attend_native(self, q, scale)
+            if fast is not None:
+                return fast
+        return self.attend_reference(q, scale)
+
+    def attend_reference(self, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, DecodeStats]:
+        """:meth:`attend` of a compressed store in PyTorch (any device and dtype; the kernel's reference)."""
         p = self.params
         marks = self.landmarks.view()
         common = dict(chunk=p.chunk, budget=p.budget, n_sink=p.n_sink, n_local=p.n_local, outliers=self.outliers, scale=scale)
@@ -263,9 +286,7 @@ class SequenceKvStore:
 
     def _serve_resident(self, chunk_mask: torch.Tensor) -> tuple[int, int, int]:
         """Bring this step's missed chunks into the resident tier: hits, misses and offload bytes copied."""
-        if self.resident_v is None:
-            self.resident_v = torch.empty(self.hkv, self.cache.capacity, self.chunk, self.d, dtype=self.dtype,
-                                          device=self.device)
+        self.allocate_resident()
         step = self.cache.step(chunk_mask)
         if step.fill_heads.numel():
             rows = step.fill_chunks.unsqueeze(1) * self.chunk + torch.arange(self.chunk, device=step.fill_chunks.device)
@@ -273,13 +294,21 @@ class SequenceKvStore:
             self.resident_v[step.fill_heads, step.fill_slots] = chunks.to(self.device, non_blocking=True)
         return step.hits, step.misses, step.fill_heads.numel() * self.cache.bytes_per_chunk
 
+    def allocate_resident(self) -> None:
+        """The resident tier's value (and key) slots, on first use."""
+        if self.resident_v is None:
+            shape = (self.hkv, self.cache.capacity, self.chunk, self.d)
+            self.resident_v = torch.empty(shape, dtype=self.dtype, device=self.device)
+            if self.params.resident_keys:
+                self.resident_k = torch.empty(shape, dtype=self.dtype, device=self.device)
+
     # ---- accounting ----------------------------------------------------------------------
     def pool_bytes(self) -> int:
         """Bytes held on the pool tier (capacity of every buffer, factors, outliers)."""
         buffers = (self.win_k, self.win_v, self.win_k_pre, self.sink_k, self.sink_v, self.landmarks, self.pending_pre)
         total = sum(b.nbytes() for b in buffers if b is not None)
         total += 0 if self.factors is None else self.factors.nbytes()
-        total += _nbytes(self.resident_v)
+        total += _nbytes(self.resident_v) + _nbytes(self.resident_k)
         return total + _nbytes(self.outliers) + _nbytes(self.outlier_k) + _nbytes(self.outlier_v)
 
     def offload_bytes(self) -> int:
@@ -291,7 +320,7 @@ class SequenceKvStore:
         for b in (self.win_k, self.win_v, self.win_k_pre, self.sink_k, self.sink_v, self.landmarks, self.pending_pre, self.offload_v):
             if b is not None:
                 b.free()
-        self.factors = self.previous_chunks = self.resident_v = None
+        self.factors = self.previous_chunks = self.resident_v = self.resident_k = None
         self._no_outliers()
         if self.cache is not None:
             self.cache.clear()

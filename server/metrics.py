@@ -170,6 +170,8 @@ class _SparseCollector(Collector):
 
 KV_HELP = {
     "decode_steps": "Decode steps (row x layer x KV group) run through compressed KV stores.",
+    "native_steps": "Of those, steps run by the C kernel (kvcache/csrc); the others ran the PyTorch path "
+                    "(no C compiler, a CUDA device, or a dtype / head_dim the kernel does not cover; logged once).",
     "positions_read": "KV positions read by compressed decode steps (summed over KV heads).",
     "offload_read_bytes": "Bytes of values copied from the offload tier by compressed decode (NOSA: misses only).",
     "cache_hits": "NOSA resident-cache chunk hits.",

@@ -228,8 +228,8 @@ def test_nosa_resident_tier_serves_hits_from_the_pool_and_copies_only_misses() -
             moved[params.resident_chunks].append((stats.offload_bytes_read, stats.cache_misses))
         store = _run(params, n0=300, steps=12, check=check)
         assert store.pool_bytes() >= HKV * params.resident_chunks * 8 * D * 4  # the resident tier is pool memory
-    for a, b in zip(outs[64], outs[1]):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    for a, b in zip(outs[64], outs[1]):  # the same keys and values, summed in another order
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     chunk_bytes = 8 * D * 4
     assert all(read == misses * chunk_bytes for read, misses in moved[64])  # every selected chunk fits: misses only
     assert sum(r for r, _ in moved[64][1:]) < sum(r for r, _ in moved[1][1:]) / 4  # tiny tier: most reads cross

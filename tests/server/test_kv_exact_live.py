@@ -9,6 +9,7 @@ import concurrent.futures as cf
 
 import pytest
 
+from kvcache.native import load_kernel
 from live_client import FULL_THRESHOLD, client, complete, counter, document, metrics, settled_kv_gauges
 
 pytestmark = pytest.mark.slow
@@ -31,6 +32,8 @@ def test_exact_compressed_decode_equals_dense_and_frees_its_stores(exact_kv_serv
     after = settled_kv_gauges(exact_kv_server)
     steps = counter(after, "kv_decode_steps_total") - counter(before, "kv_decode_steps_total")
     assert steps >= 2 * 23 * 30  # every generated token after the first, in every layer
+    native = counter(after, "kv_native_steps_total") - counter(before, "kv_native_steps_total")
+    assert native == steps or load_kernel() is None  # the C kernel ran them (float32, head_dim 64, CPU)
     assert counter(after, "kv_positions_read_total") > counter(before, "kv_positions_read_total")
     assert counter(after, "kv_offload_read_bytes_total") > 0  # values come from the offload tier
     assert counter(after, "kv_errors_total") == 0 and counter(after, "kv_unknown_request_total") == 0

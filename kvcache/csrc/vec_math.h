@@ -1,0 +1,147 @@
+/* Element access (float32 / bfloat16 rows), 16-float vectors, a fast exp and a top-k by quickselect:
+ * the primitives of compressed_attend.c (a header of static functions, included once). */
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { F32 = 0, BF16 = 1 };
+
+/* ---- element access -------------------------------------------------------------------- */
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float round_to(float f, int dtype) { return dtype == BF16 ? bf16_to_f32(f32_to_bf16(f)) : f; }
+
+static void load_row(const void *base, int dtype, int64_t offset, int d, float *dst) {
+    if (dtype == BF16) {
+        const uint16_t *p = (const uint16_t *)base + offset;
+        for (int i = 0; i < d; i++) dst[i] = bf16_to_f32(p[i]);
+    } else {
+        memcpy(dst, (const float *)base + offset, (size_t)d * sizeof(float));
+    }
+}
+
+static void store_row(void *base, int dtype, int64_t offset, int d, const float *src) {
+    if (dtype == BF16) {
+        uint16_t *p = (uint16_t *)base + offset;
+        for (int i = 0; i < d; i++) p[i] = f32_to_bf16(src[i]);
+    } else {
+        memcpy((float *)base + offset, src, (size_t)d * sizeof(float));
+    }
+}
+
+static void copy_row(void *dst_base, const void *src_base, int dtype, int64_t dst_off, int64_t src_off, int d) {
+    size_t es = dtype == BF16 ? 2 : 4;
+    memcpy((char *)dst_base + dst_off * es, (const char *)src_base + src_off * es, (size_t)d * es);
+}
+
+/* 16-float vectors (GCC vector extensions: AVX-512 registers, or two AVX2 halves). Head dims are
+ * multiples of 16 (the caller checks), so every row is a whole number of vectors. */
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+#define MAX_NV 16 /* head_dim <= 256 */
+
+static inline v16 ld(const float *p) { return *(const v16u *)p; }
+static inline void st(float *p, v16 x) { *(v16u *)p = x; }
+static inline v16 splat(float x) { return (v16){0} + x; }
+
+static inline float hsum(v16 x) {
+    x += __builtin_shuffle(x, (v16i){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+    x += __builtin_shuffle(x, (v16i){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+    x += __builtin_shuffle(x, (v16i){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+    x += __builtin_shuffle(x, (v16i){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+    return x[0];
+}
+
+static inline float dot(const float *a, const float *b, int d) {
+    v16 acc = {0};
+    for (int i = 0; i < d; i += 16) acc += ld(a + i) * ld(b + i);
+    return hsum(acc);
+}
+
+/* out[k] = hsum(x[k]) for 16 vectors at once: a fold tree of 15 two-vector shuffles (vs 16 separate
+ * folds). The tree leaves lane j with the sum of input bitrev4(j), so inputs are taken in that order. */
+static inline void hsum16(const v16 *x, float *out) {
+    static const int bitrev[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+    const v16i lo[4] = {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+                        {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+                        {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+                        {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}};
+    const v16i hi[4] = {{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+                        {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
+                        {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
+                        {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
+    v16 v[16];
+    for (int k = 0; k < 16; k++) v[k] = x[bitrev[k]];
+    for (int level = 0, n = 16; level < 4; level++, n /= 2)
+        for (int k = 0; k < n / 2; k++)
+            v[k] = __builtin_shuffle(v[2 * k], v[2 * k + 1], lo[level]) + __builtin_shuffle(v[2 * k], v[2 * k + 1], hi[level]);
+    st(out, v[0]);
+}
+
+static float sum(const float *x, int64_t n) {
+    v16 acc = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) acc += ld(x + i);
+    float s = hsum(acc);
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+
+/* exp for x <= 0 (softmax after max subtraction): 2^n * p(r), |rel err| < 2e-7, vectorizable. */
+static inline float exp_neg(float x) {
+    int under = x < -87.f;
+    x = under ? -87.f : x;
+    float t = x * 1.44269504089f;
+    float n = floorf(t + 0.5f);
+    float r = (t - n) * 0.69314718056f;
+    float p = 1.f + r * (1.f + r * (0.5f + r * (0.16666667f + r * (0.041666668f + r * (0.0083333333f + r * 0.0013888889f)))));
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return under ? 0.f : p * scale;
+}
+
+/* ---- top-k by (score desc, index asc) ----------------------------------------------------- */
+typedef struct { float s; int32_t i; } Scored;
+
+static inline int better(Scored a, Scored b) { return a.s > b.s || (a.s == b.s && a.i < b.i); }
+
+static int cmp_desc(const void *x, const void *y) {
+    Scored a = *(const Scored *)x, b = *(const Scored *)y;
+    return better(a, b) ? -1 : (better(b, a) ? 1 : 0);
+}
+
+/* Moves the k best of v[0..n) to v[0..k) (unordered; quickselect). */
+static void select_best(Scored *v, int n, int k) {
+    int lo = 0, hi = n - 1;
+    if (k <= 0 || k >= n) return;
+    while (lo < hi) {
+        Scored pivot = v[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (better(v[i], pivot)) i++;
+            while (better(pivot, v[j])) j--;
+            if (i <= j) { Scored t = v[i]; v[i] = v[j]; v[j] = t; i++; j--; }
+        }
+        if (k - 1 <= j) hi = j;
+        else if (k - 1 >= i) lo = i;
+        else break;
+    }
+}
+

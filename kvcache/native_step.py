@@ -1,0 +1,125 @@
+"""A compressed store's decode step through the C kernel (:mod:`kvcache.native`): arguments in, stats out.
+
+:func:`attend_native` hands the kernel pointers into the store's own tensors (no copies: every
+buffer's live rows are addressed through its head stride), runs one step (selection, NOSA
+resident LRU, key rebuild + RoPE, exact attention) and applies its results to the store (the
+NOSA chunk set, the LRU counters). It returns ``None`` where the kernel does not apply (not a
+CPU store, a dtype other than float32/bfloat16, no kernel built); the caller then runs the
+PyTorch path, which computes the same.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING
+
+import torch
+
+from .native import load_kernel
+from .params import NosaKvParams
+
+if TYPE_CHECKING:
+    from .store import DecodeStats, SequenceKvStore
+
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_ptr = ctypes.c_void_p
+_i32, _i64 = ctypes.c_int32, ctypes.c_int64
+
+
+class _HeadRows(ctypes.Structure):
+    _fields_ = [("ptr", _ptr), ("head_stride", _i64)]
+
+
+class _StepArgs(ctypes.Structure):
+    """Mirror of ``StepArgs`` in ``csrc/compressed_attend.c`` (same field order and types)."""
+
+    _fields_ = [
+        *((name, _i32) for name in ("hkv", "group", "d", "dtype", "chunk", "max_change", "budget", "n_sink", "rank",
+                                    "n_outlier_chunks", "capacity", "prev_chunks")),
+        *((name, _i64) for name in ("seq_len", "window_start", "n_fit", "n_pending", "n_win", "n_sink_stored",
+                                    "slot_cols", "clock")),
+        ("scale", ctypes.c_float), ("q", _ptr), ("out", _ptr), ("landmarks", _HeadRows), ("outliers", _ptr),
+        ("outlier_k", _ptr), ("outlier_v", _ptr), ("factor_a", _ptr), ("factor_b", _ptr), ("pending", _HeadRows),
+        ("rope_cos", _ptr), ("rope_sin", _ptr), ("sink_k", _HeadRows), ("sink_v", _HeadRows), ("win_k", _HeadRows),
+        ("win_v", _HeadRows), ("offload_v", _HeadRows), ("previous", _ptr), ("chunk_mask", _ptr), ("slot_of", _ptr),
+        ("slot_chunk", _ptr), ("last_used", _ptr), ("resident_v", _ptr), ("resident_k", _ptr), ("positions", _ptr),
+        ("offload_bytes", _i64), ("hits", _i64), ("misses", _i64), ("filled", _i64),
+    ]
+
+
+def _rows(t: torch.Tensor) -> _HeadRows:
+    """``[H, L, D]`` with unit strides along ``L, D`` (a buffer's live rows) as pointer + head stride."""
+    if t.shape[1] > 1 and t.stride(1) != t.shape[2] or t.shape[2] > 1 and t.stride(2) != 1:
+        raise ValueError(f"rows must be contiguous within a head; strides {t.stride()}")
+    return _HeadRows(t.data_ptr(), t.stride(0))
+
+
+def _c(t: torch.Tensor) -> torch.Tensor:
+    if not t.is_contiguous():
+        raise ValueError("kernel argument must be contiguous")
+    return t
+
+
+def applies(store: SequenceKvStore) -> bool:
+    """Whether the kernel can run this store's steps (compressed, CPU, float32/bfloat16, head_dim % 16 == 0, built)."""
+    return (store.compressed and store.device.type == "cpu" and store.dtype in _DTYPES and store.d % 16 == 0
+            and load_kernel() is not None)
+
+
+def attend_native(store: SequenceKvStore, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, DecodeStats] | None:
+    """:meth:`SequenceKvStore.attend` of ``q [Hq, D]`` through the kernel, or ``None`` where it does not apply."""
+    from .store import DecodeStats
+
+    if not applies(store):
+        return None
+    p, hkv, d, ws = store.params, store.hkv, store.d, store.window_start
+    marks = store.landmarks.view()
+    chunks = ws // p.chunk
+    if marks.shape[1] != chunks:
+        return None
+    keep = []  # tensors the pointers address, alive until the call returns
+    qf = q.detach().to("cpu", torch.float32).contiguous()
+    out = torch.empty_like(qf)
+    mask = torch.zeros(hkv, chunks, dtype=torch.bool)
+    positions = torch.zeros(hkv, dtype=torch.int64)
+    cos, sin = store.rope.halves(max(ws, 1))
+    a = _StepArgs(hkv=hkv, group=q.shape[0] // hkv, d=d, dtype=_DTYPES[store.dtype], chunk=p.chunk,
+                  max_change=p.max_change if isinstance(p, NosaKvParams) else -1, budget=p.budget, n_sink=p.n_sink,
+                  n_outlier_chunks=store.outliers.shape[1], seq_len=store.seq_len, window_start=ws,
+                  n_win=len(store.win_k), n_sink_stored=len(store.sink_k), scale=scale,
+                  q=qf.data_ptr(), out=out.data_ptr(), landmarks=_rows(marks), outliers=_c(store.outliers).data_ptr(),
+                  outlier_k=_c(store.outlier_k).data_ptr(), outlier_v=_c(store.outlier_v).data_ptr(),
+                  pending=_rows(store.pending_pre.view()), n_pending=len(store.pending_pre),
+                  rope_cos=cos.data_ptr(), rope_sin=sin.data_ptr(),
+                  sink_k=_rows(store.sink_k.view()), sink_v=_rows(store.sink_v.view()),
+                  win_k=_rows(store.win_k.view()), win_v=_rows(store.win_v.view()),
+                  offload_v=_rows(store.offload_v.view()), chunk_mask=mask.data_ptr(), positions=positions.data_ptr())
+    if store.factors is not None:
+        a.factor_a, a.factor_b = _c(store.factors.a).data_ptr(), _c(store.factors.b).data_ptr()
+        a.rank, a.n_fit = store.factors.rank, store.n_fit
+    cache = store.cache
+    if cache is not None:
+        store.allocate_resident()
+        cache.cover(chunks)
+        cache.clock += 1
+        a.slot_of, a.slot_chunk, a.last_used = (_c(t).data_ptr() for t in (cache.slot_of, cache.slot_chunk,
+                                                                             cache.last_used))
+        a.slot_cols, a.capacity, a.clock = cache.slot_of.shape[1], cache.capacity, cache.clock
+        a.resident_v = _c(store.resident_v).data_ptr()
+        if store.resident_k is not None:
+            a.resident_k = _c(store.resident_k).data_ptr()
+        if store.previous_chunks is not None:
+            keep.append(store.previous_chunks.contiguous())
+            a.previous, a.prev_chunks = keep[-1].data_ptr(), keep[-1].shape[1]
+    rc = load_kernel().compressed_attend(ctypes.byref(a))
+    if rc == -1:
+        raise ValueError(f"budget {p.budget} is smaller than the always-kept positions")
+    if rc != 0:
+        raise MemoryError("compressed_attend: allocation failed")
+    filled = 0
+    if cache is not None:
+        cache.record(a.hits, a.misses)
+        store.previous_chunks = mask
+        filled = a.filled * cache.bytes_per_chunk
+    stats = DecodeStats(positions.tolist(), a.offload_bytes + filled, a.hits, a.misses, native=True)
+    return out.to(q.dtype), stats

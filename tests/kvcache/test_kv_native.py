@@ -1,0 +1,118 @@
+"""The C decode kernel of compressed stores (kvcache/native*.py) against the PyTorch reference path."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from kvcache import native
+from kvcache.decode_attention import dense_decode_attention
+from kvcache.native_step import applies
+from kvcache.params import NosaKvParams, ShadowKvParams
+from kvcache.rope import apply_rope, rope_inv_freq
+from kvcache.store import SequenceKvStore
+
+HQ, HKV, D = 9, 3, 64  # the default model's layer shape
+INV_FREQ = rope_inv_freq(D, 100000.0)
+
+needs_kernel = pytest.mark.skipif(native.load_kernel() is None, reason="no C compiler on this machine")
+
+
+def _low_rank_keys(n: int, g: torch.Generator) -> torch.Tensor:
+    k = (torch.randn(n, 12, generator=g) @ torch.randn(12, HKV * D, generator=g)).reshape(n, HKV, D).permute(1, 0, 2)
+    return k + 0.05 * torch.randn(HKV, n, D, generator=g)
+
+
+def _pair(params, n0: int, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    k_pre = _low_rank_keys(n0, g)
+    k_post = apply_rope(k_pre, torch.arange(n0), inv_freq=INV_FREQ)
+    v = torch.randn(HKV, n0, D, generator=g)
+    stores = []
+    for fast in (True, False):
+        store = SequenceKvStore(params, HKV, D, inv_freq=INV_FREQ, dtype=dtype, native=fast)
+        store.prefill(k_pre.to(dtype), k_post.to(dtype), v.to(dtype))
+        stores.append(store)
+    return stores, g
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("params", [
+    ShadowKvParams(rank=24, budget=512, n_local=16, n_outlier_chunks=4, refit_every=24),
+    NosaKvParams(rank=24, budget=512, n_local=16, n_outlier_chunks=4, refit_every=24, max_change=4,
+                 resident_chunks=40),
+])
+def test_kernel_equals_reference_over_decode_steps(params, dtype) -> None:
+    """Same chunks, positions, bytes, LRU tables and (to rounding) outputs, step by step, across evictions and refits."""
+    (fast, ref), g = _pair(params, 1201, dtype)
+    assert applies(fast) and fast.native and not ref.native
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for step in range(60):
+        q = (2 * torch.randn(HQ, D, generator=g)).to(dtype)
+        out_f, stats_f = fast.attend(q, 0.125)
+        out_r, stats_r = ref.attend(q, 0.125)
+        assert stats_f.native and not stats_r.native
+        assert replace(stats_f, native=False) == stats_r, step
+        torch.testing.assert_close(out_f.float(), out_r.float(), atol=tol, rtol=tol)
+        if isinstance(params, NosaKvParams):
+            assert torch.equal(fast.previous_chunks, ref.previous_chunks)
+            cols = min(fast.cache.slot_of.shape[1], ref.cache.slot_of.shape[1])
+            assert torch.equal(fast.cache.slot_of[:, :cols], ref.cache.slot_of[:, :cols])
+            assert torch.equal(fast.cache.last_used, ref.cache.last_used)
+            used = fast.cache.slot_chunk > 0  # slots in use (chunk 0's sink rows are never read from a slot)
+            assert torch.equal(fast.resident_v[used], ref.resident_v[used])
+            torch.testing.assert_close(fast.resident_k[used].float(), ref.resident_k[used].float(), atol=tol, rtol=tol)
+        k_pre = torch.randn(HKV, 1, D, generator=g)
+        k_post = apply_rope(k_pre, torch.tensor([fast.seq_len]), inv_freq=INV_FREQ)
+        v = torch.randn(HKV, 1, D, generator=g)
+        for store in (fast, ref):
+            store.append(k_pre.to(dtype), k_post.to(dtype), v.to(dtype))
+    assert len(fast.pending_pre) > 0 or fast.n_fit > 1201  # decoded keys reached the compressed history
+    if isinstance(params, NosaKvParams):
+        assert (fast.cache.hits, fast.cache.misses) == (ref.cache.hits, ref.cache.misses) and fast.cache.hits > 0
+
+
+@needs_kernel
+def test_kernel_full_budget_equals_dense_attention() -> None:
+    """Full rank and a budget over the context: the kernel's step is exact decode attention."""
+    g = torch.Generator().manual_seed(5)
+    k_pre = _low_rank_keys(777, g)
+    k_post = apply_rope(k_pre, torch.arange(777), inv_freq=INV_FREQ)
+    v = torch.randn(HKV, 777, D, generator=g)
+    store = SequenceKvStore(ShadowKvParams(rank=HKV * D, budget=8192, n_outlier_chunks=2), HKV, D, inv_freq=INV_FREQ)
+    store.prefill(k_pre, k_post, v)
+    q = torch.randn(HQ, D, generator=g)
+    out, stats = store.attend(q, 0.125)
+    assert stats.positions == [777] * HKV
+    torch.testing.assert_close(out, dense_decode_attention(q, k_post, v, 0.125), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+def test_kernel_raises_like_the_reference_when_the_budget_is_too_small() -> None:
+    (fast, ref), g = _pair(ShadowKvParams(rank=8, budget=600, n_local=64, n_outlier_chunks=4), 2000, torch.float32)
+    # below what sinks + window + outliers need (the params model refuses it; a store fed such params must raise)
+    fast.params = ref.params = ShadowKvParams.model_construct(**{**ref.params.model_dump(), "budget": 64})
+    q = torch.randn(HQ, D, generator=g)
+    with pytest.raises(ValueError, match="budget"):
+        ref.attend(q, 0.125)
+    with pytest.raises(ValueError, match="budget"):
+        fast.attend(q, 0.125)
+
+
+def test_stores_the_kernel_does_not_cover_run_the_reference() -> None:
+    """float16 or a head_dim that is not a multiple of 16: the PyTorch path, same results as native=False."""
+    for dtype, d in ((torch.float16, 64), (torch.float32, 24)):
+        store = SequenceKvStore(ShadowKvParams(rank=8, budget=256), 1, d, dtype=dtype)
+        assert not applies(store)
+
+
+def test_build_failure_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SPARSE_SERVE_CACHE_DIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match="cannot run"):
+        native.build(compiler=str(tmp_path / "no-such-cc"))
+    with pytest.raises(RuntimeError, match="failed on compressed_attend.c"):
+        native.build(compiler="false")
+    assert not list((tmp_path / "native").glob("*.so"))
