@@ -51,9 +51,10 @@ from vllm.v1.attention.backends.cpu_attn import (
 )
 from vllm.v1.kv_cache_interface import AttentionSpec
 
-from kvcache.decode_step import RopeSpec, group_decode
-from kvcache.head_policy import KvPlan
+from kvcache.decode_step import RopeSpec, advance, attend_all
+from kvcache.head_policy import KvGroup, KvPlan
 from kvcache.rope import model_rope
+from kvcache.store import SequenceKvStore
 from kvcache.vllm_connector import STEP_END_HOOKS, STORES, request_at_slot
 from profiles.schema import load_profile
 
@@ -312,6 +313,19 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
         window = plan.window
         if window and sum(len(g.kv_heads) for g in groups) != self.num_kv_heads:
             raise RuntimeError(f"layer {layer_idx} has a sliding-window KV spec but not all its KV heads compressed")
+        steps: list[tuple[KvRow, str, KvGroup, SequenceKvStore]] = []  # advanced this step, to attend
+        failed: set[int] = set()  # rows whose compressed decode raised: they keep the pool window / vLLM's output
+
+        def fail(row: KvRow, request: str, exc: Exception) -> None:
+            logger.error("compressed decode failed on layer %d for request %s; %s", layer_idx, request,
+                         "attending to the pool window only" if window else "vLLM's output kept", exc_info=exc)
+            STORES.free(request)
+            failed.add(row.row)
+            if stats is not None:
+                stats.add_kv(errors=1)
+            if window:
+                self._pool_window_row(row, query, kv_cache, window, output)
+
         for row in plan.kv_rows:
             request = request_at_slot(row.slot)
             if request is None:
@@ -329,26 +343,28 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                     return windowed_context(STORES, request, layer_idx, kv_cache, row.block_ids, row.seq_len,
                                             key[r], value[r], window)
                 return gather_sequence_kv(kv_cache, row.block_ids, row.seq_len)
-            for g, group in enumerate(groups):
-                try:
-                    out, st = group_decode(STORES, request, (layer_idx, g), group, query[row.row], key[row.row],
-                                           value[row.row], row.seq_len - 1, context, plan.rope, self.scale)
-                except Exception:  # noqa: BLE001 - the row keeps vLLM's output (the pool window), counted
-                    logger.exception("compressed decode failed on layer %d for request %s; %s", layer_idx, request,
-                                     "attending to the pool window only" if window else "vLLM's output kept")
-                    STORES.free(request)
-                    if stats is not None:
-                        stats.add_kv(errors=1)
-                    if window:
-                        self._pool_window_row(row, query, kv_cache, window, output)
-                    break
-                output[row.row, list(group.q_heads)] = out.to(output.dtype)
-                if stats is not None:
-                    stats.add_kv(decode_steps=1, native_steps=int(st.native), positions_read=sum(st.positions),
-                                 offload_read_bytes=st.offload_bytes_read,
-                                 cache_hits=st.cache_hits, cache_misses=st.cache_misses)
+            try:
+                steps += [(row, request, group, advance(STORES, request, (layer_idx, g), group, key[row.row],
+                                                        value[row.row], row.seq_len - 1, context, plan.rope))
+                          for g, group in enumerate(groups)]
+            except Exception as exc:  # noqa: BLE001 - the row keeps vLLM's output (the pool window), counted
+                fail(row, request, exc)
             if window:
                 STORES.drop_history(request, layer_idx)  # the stores hold the sequence now
+        results = attend_all([(store, query[row.row, list(group.q_heads)]) for row, _, group, store in steps],
+                             self.scale, threads=torch.get_num_threads())
+        for (row, request, group, _), result in zip(steps, results):
+            if row.row in failed:
+                continue
+            if isinstance(result, Exception):
+                fail(row, request, result)
+                continue
+            out, st = result
+            output[row.row, list(group.q_heads)] = out.to(output.dtype)
+            if stats is not None:
+                stats.add_kv(decode_steps=1, native_steps=int(st.native), positions_read=sum(st.positions),
+                             offload_read_bytes=st.offload_bytes_read,
+                             cache_hits=st.cache_hits, cache_misses=st.cache_misses)
 
     def _pool_window_row(self, row: KvRow, query, kv_cache, window: int, output) -> None:
         """A windowed layer's decode row over the keys still in the pool (what vLLM's kernel would give)."""

@@ -44,10 +44,11 @@ from pathlib import Path
 
 import httpx
 import openai
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.kv_shape import KvShape  # noqa: E402
 from benchmarks.ttft import prompt_of, shipped_profile_for  # noqa: E402
 from profiles.schema import KvChoice, load_profile, save_profile  # noqa: E402
 from profiles.variants import with_kv  # noqa: E402
@@ -60,7 +61,6 @@ BLOCK_SIZE = 16  # vLLM's CPU KV block (tokens)
 STEADY_FROM = 3  # tokens per stream before the steady window opens
 _METRIC = re.compile(r"^sparse_serve:(kv_[a-z_]+?)(?:_total)?\{[^}]*\} ([0-9.e+-]+)$", re.M)
 _WINDOWED = re.compile(r"(\d+) windowed layers keep a (\d+)-token window")
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def kv_metrics(url: str) -> dict[str, float]:
@@ -195,12 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     suffixes = [tokenizer.encode(f" #{i}", add_special_tokens=False) for i in range(max(batches))]
     room = args.tokens + max(len(s) for s in suffixes) + 1
     docs = {n: prompt_of(tokenizer, n - room, seed=n)[0] for n in contexts}
-    hf = AutoConfig.from_pretrained(model)
+    shape = KvShape.of(model)
     dtype = resolve_dtype(args.dtype, cuda=False, flags=cpu_flags())
-    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-    head_token_bytes = 2 * head_dim * _DTYPE_BYTES[dtype]  # K and V of one KV head, one token
-    layer_token_bytes = hf.num_key_value_heads * head_token_bytes
-    dense_token_bytes = hf.num_hidden_layers * layer_token_bytes
+    head_token_bytes, layer_token_bytes = shape.head_token_bytes(dtype), shape.layer_token_bytes(dtype)
     common = ["--dtype", args.dtype, "--max-model-len", str(max_len), "--max-num-batched-tokens", "8192",
               "--kv-cache-memory-bytes", str(args.kv_cache_memory_bytes), "--profile", str(profile_path),
               "--max-queued-prompt-tokens", str(max(batches) * max_len)]
@@ -233,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_server(proc)
     rows = []
-    layers = hf.num_hidden_layers
+    layers = shape.layers
     for n in contexts:
         for b in batches:
             held = {mode: pool_bytes_per_request(n, layers, *windows[mode], layer_token_bytes) for mode in measured}
@@ -242,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"{mode}_tok_s"] = round(measured[mode][(n, b)][0], 2)
             if "dense" in measured and "ours" in measured:
                 row["speedup"] = round(measured["ours"][(n, b)][0] / measured["dense"][(n, b)][0], 2)
-            row["pool_bytes_per_token_dense"] = dense_token_bytes
+            row["pool_bytes_per_token_dense"] = shape.token_bytes(dtype)
             if "ours" in measured:
                 _, delta, peaks = measured["ours"][(n, b)]
                 store_per_token = peaks["kv_pool_bytes"] / (b * n)

@@ -26,6 +26,7 @@ from transformers import AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attention_backends.synthetic_doc import generate_document  # noqa: E402
+from benchmarks.kv_shape import KvShape  # noqa: E402
 from profiles.schema import fingerprint_from_dir, load_profile, save_profile  # noqa: E402
 from profiles.variants import transfer  # noqa: E402
 from server.model_prep import ensure_model  # noqa: E402
@@ -56,15 +57,6 @@ def shipped_profile_for(model: Path, fallback: Path) -> Path:
           flush=True)
     save_profile(transfer(load_profile(SHIPPED_PROFILE), fingerprint), fallback)
     return fallback
-
-
-def pool_bytes_for(model: Path, tokens: int) -> int:
-    """A KV pool that holds one request of ``tokens`` in float32 with 25% to spare (vLLM refuses to start below one)."""
-    config = json.loads((model / "config.json").read_text())
-    heads = config.get("num_key_value_heads", config["num_attention_heads"])
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    per_token = config["num_hidden_layers"] * heads * head_dim * 2 * 4
-    return int(tokens * per_token * 1.25)
 
 
 def measure(server, prompts: dict[int, list[int]], answer_tokens: int) -> dict[int, tuple[float, str]]:
@@ -106,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ttft-"))
     profile = args.profile or shipped_profile_for(model, work / "profile.json")
     max_len = max(lengths) + args.answer_tokens + 64
-    pool = args.kv_cache_memory_bytes or pool_bytes_for(model, max_len)
+    # default pool: one longest request in float32 with 25% to spare (vLLM refuses to start below one)
+    pool = args.kv_cache_memory_bytes or int(max_len * KvShape.of(model).token_bytes("float32") * 1.25)
     common = ["--dtype", args.dtype, "--max-model-len", str(max_len),
               "--max-num-batched-tokens", str(args.chunk), "--no-enable-prefix-caching",
               "--kv-cache-memory-bytes", str(pool), "--request-timeout-s", "7200"]

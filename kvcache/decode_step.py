@@ -1,7 +1,9 @@
 """One decode token of one request through the compressed store of one KV group (engine-side step).
 
-The engine's attention layer calls :func:`group_decode` for every decode row whose layer has a
-compressed group (:mod:`kvcache.head_policy`). The store of ``(request, key)`` is created on
+The engine's attention layer calls :func:`advance` for every decode row whose layer has a
+compressed group (:mod:`kvcache.head_policy`), then :func:`attend_all` once for the layer's rows
+(the C kernel runs their steps together, over the engine's threads); :func:`group_decode` is the
+two for one row. The store of ``(request, key)`` is created on
 the request's first compressed decode step from the context the engine already holds (its
 paged cache: post-RoPE keys, from which the pre-RoPE keys are recovered by undoing the
 rotation), then extended by one token per step. A store whose length does not match the
@@ -19,7 +21,8 @@ import torch
 from .head_policy import KvGroup
 from .registry import StoreRegistry
 from .rope import remove_rope
-from .store import DecodeStats
+from .native_step import attend_native_many
+from .store import DecodeStats, SequenceKvStore
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,41 @@ class RopeSpec:
 
     inv_freq: torch.Tensor
     attention_scaling: float = 1.0
+
+
+def advance(
+    stores: StoreRegistry,
+    request_id: Hashable,
+    key: Hashable,
+    group: KvGroup,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    position: int,
+    read_context: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    rope: RopeSpec,
+) -> SequenceKvStore:
+    """The store of ``(request_id, key)`` holding the sequence up to and including the decode token at ``position``.
+
+    ``k_new, v_new [Hkv, D]``: the token's post-RoPE key and value for the layer's (local) KV
+    heads; ``read_context()`` returns ``k, v [Hkv, position + 1, D]``, the whole context including
+    this token (called only when the store is (re)built).
+    """
+    kv = list(group.kv_heads)
+    store = stores.find(request_id, key)
+    if store is None or store.seq_len != position:
+        k_all, v_all = read_context()
+        k_all, v_all = k_all[kv], v_all[kv]
+        positions = torch.arange(position + 1, device=k_all.device)
+        k_pre = remove_rope(k_all, positions, inv_freq=rope.inv_freq, attention_scaling=rope.attention_scaling)
+        store = stores.create(request_id, key, group.params, len(kv), k_all.shape[-1], inv_freq=rope.inv_freq,
+                              attention_scaling=rope.attention_scaling, device=k_all.device, dtype=k_all.dtype)
+        store.prefill(k_pre, k_all, v_all)
+    else:
+        k_post = k_new[kv].unsqueeze(1)
+        k_pre = remove_rope(k_post, torch.tensor([position], device=k_post.device), inv_freq=rope.inv_freq,
+                            attention_scaling=rope.attention_scaling)
+        store.append(k_pre, k_post, v_new[kv].unsqueeze(1))
+    return store
 
 
 def group_decode(
@@ -45,24 +83,27 @@ def group_decode(
 ) -> tuple[torch.Tensor, DecodeStats]:
     """Attention output ``[len(group.q_heads), D]`` of the decode token at ``position``, and what it read.
 
-    ``q [Hq, D]``: the layer's (local) query heads; ``k_new, v_new [Hkv, D]``: the token's
-    post-RoPE key and value for the layer's (local) KV heads; ``read_context()`` returns
-    ``k, v [Hkv, position + 1, D]``, the whole context including this token (called only when
-    the store is (re)built).
+    ``q [Hq, D]``: the layer's (local) query heads; the rest as :func:`advance`.
     """
-    kv = list(group.kv_heads)
-    store = stores.find(request_id, key)
-    if store is None or store.seq_len != position:
-        k_all, v_all = read_context()
-        k_all, v_all = k_all[kv], v_all[kv]
-        positions = torch.arange(position + 1, device=k_all.device)
-        k_pre = remove_rope(k_all, positions, inv_freq=rope.inv_freq, attention_scaling=rope.attention_scaling)
-        store = stores.create(request_id, key, group.params, len(kv), k_all.shape[-1], inv_freq=rope.inv_freq,
-                              attention_scaling=rope.attention_scaling, device=k_all.device, dtype=k_all.dtype)
-        store.prefill(k_pre, k_all, v_all)
-    else:
-        k_post = k_new[kv].unsqueeze(1)
-        k_pre = remove_rope(k_post, torch.tensor([position], device=k_post.device), inv_freq=rope.inv_freq,
-                            attention_scaling=rope.attention_scaling)
-        store.append(k_pre, k_post, v_new[kv].unsqueeze(1))
+    store = advance(stores, request_id, key, group, k_new, v_new, position, read_context, rope)
     return store.attend(q[list(group.q_heads)], scale)
+
+
+def attend_all(steps: list[tuple[SequenceKvStore, torch.Tensor]], scale: float, threads: int = 1,
+               ) -> list[tuple[torch.Tensor, DecodeStats] | Exception]:
+    """``store.attend(q, scale)`` of every ``(store, q)`` (distinct stores): the result or the exception it raised.
+
+    The steps the C kernel covers run in one call over up to ``threads`` threads
+    (:func:`kvcache.native_step.attend_native_many`); the others run one by one.
+    """
+    results: list[tuple[torch.Tensor, DecodeStats] | Exception | None] = [None] * len(steps)
+    native = [i for i, (store, _) in enumerate(steps) if store.native and store.compressed]
+    for i, result in zip(native, attend_native_many([steps[i] for i in native], scale, threads)):
+        results[i] = result
+    for i, (store, q) in enumerate(steps):
+        if results[i] is None:
+            try:
+                results[i] = store.attend(q, scale)
+            except Exception as exc:  # noqa: BLE001 - reported per step
+                results[i] = exc
+    return results  # type: ignore[return-value]

@@ -1,4 +1,4 @@
-"""Builds and loads the C decode kernel of the compressed KV stores (``kvcache/csrc/compressed_attend.c``).
+"""Builds and loads the C decode kernel of the compressed KV stores (``kvcache/csrc/*.c``).
 
 The kernel is plain C with no PyTorch headers, so a build takes about a second: gcc compiles it
 once per source text (``csrc/*.c``, ``*.h``), flags and CPU into ``$SPARSE_SERVE_CACHE_DIR/native`` (default
@@ -22,8 +22,8 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "csrc" / "compressed_attend.c"  # includes the other files of csrc/
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=gnu11", "-shared", "-fPIC")
+CSRC = Path(__file__).parent / "csrc"  # compressed_attend.c (entry points), selection.c, step.h, vec_math.h
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=gnu11", "-pthread", "-shared", "-fPIC")
 
 
 def build_dir() -> Path:
@@ -44,7 +44,7 @@ def _cpu_id() -> str:
 
 def library_path(compiler: str) -> Path:
     """Where the library of this source, compiler, flags and CPU is (or will be) built."""
-    sources = [p.read_text() for p in sorted(SOURCE.parent.iterdir()) if p.suffix in (".c", ".h")]
+    sources = [p.read_text() for p in sorted(CSRC.iterdir()) if p.suffix in (".c", ".h")]
     key = hashlib.sha256("\0".join((*sources, compiler, *FLAGS, _cpu_id())).encode()).hexdigest()[:16]
     return build_dir() / f"compressed_attend-{key}.so"
 
@@ -61,11 +61,12 @@ def build(compiler: str | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # build aside, then rename: safe across processes
         out = Path(tmp) / target.name
         try:
-            proc = subprocess.run([cc, *FLAGS, "-o", str(out), str(SOURCE), "-lm"], capture_output=True, text=True)
+            sources = [str(p) for p in sorted(CSRC.glob("*.c"))]
+            proc = subprocess.run([cc, *FLAGS, "-o", str(out), *sources, "-lm"], capture_output=True, text=True)
         except OSError as exc:
             raise RuntimeError(f"cannot run {cc}: {exc}") from exc
         if proc.returncode != 0:
-            raise RuntimeError(f"{cc} failed on {SOURCE.name}:\n{proc.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"{cc} failed on {CSRC.name}/*.c:\n{proc.stderr.strip()[-2000:]}")
         os.replace(out, target)
     return target
 
@@ -79,4 +80,5 @@ def load_kernel() -> ctypes.CDLL | None:
         logger.warning("compressed KV decode kernel unavailable, stores use the PyTorch path: %s", exc)
         return None
     lib.compressed_attend.restype = ctypes.c_int
+    lib.compressed_attend_many.restype = ctypes.c_int
     return lib

@@ -11,6 +11,7 @@ PyTorch path, which computes the same.
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,7 +32,7 @@ class _HeadRows(ctypes.Structure):
 
 
 class _StepArgs(ctypes.Structure):
-    """Mirror of ``StepArgs`` in ``csrc/compressed_attend.c`` (same field order and types)."""
+    """Mirror of ``StepArgs`` in ``csrc/step.h`` (same field order and types)."""
 
     _fields_ = [
         *((name, _i32) for name in ("hkv", "group", "d", "dtype", "chunk", "max_change", "budget", "n_sink", "rank",
@@ -66,10 +67,21 @@ def applies(store: SequenceKvStore) -> bool:
             and load_kernel() is not None)
 
 
-def attend_native(store: SequenceKvStore, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, DecodeStats] | None:
-    """:meth:`SequenceKvStore.attend` of ``q [Hq, D]`` through the kernel, or ``None`` where it does not apply."""
-    from .store import DecodeStats
+@dataclass
+class _Call:
+    """One store's prepared step: its arguments and the tensors they point into (alive until the call returns)."""
 
+    store: SequenceKvStore
+    args: _StepArgs
+    q_dtype: torch.dtype
+    out: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    keep: list[torch.Tensor]
+
+
+def _prepare(store: SequenceKvStore, q: torch.Tensor, scale: float) -> _Call | None:
+    """The kernel's arguments for ``store.attend(q)``, or ``None`` where the kernel does not apply."""
     if not applies(store):
         return None
     p, hkv, d, ws = store.params, store.hkv, store.d, store.window_start
@@ -77,7 +89,6 @@ def attend_native(store: SequenceKvStore, q: torch.Tensor, scale: float) -> tupl
     chunks = ws // p.chunk
     if marks.shape[1] != chunks:
         return None
-    keep = []  # tensors the pointers address, alive until the call returns
     qf = q.detach().to("cpu", torch.float32).contiguous()
     out = torch.empty_like(qf)
     mask = torch.zeros(hkv, chunks, dtype=torch.bool)
@@ -94,6 +105,7 @@ def attend_native(store: SequenceKvStore, q: torch.Tensor, scale: float) -> tupl
                   sink_k=_rows(store.sink_k.view()), sink_v=_rows(store.sink_v.view()),
                   win_k=_rows(store.win_k.view()), win_v=_rows(store.win_v.view()),
                   offload_v=_rows(store.offload_v.view()), chunk_mask=mask.data_ptr(), positions=positions.data_ptr())
+    call = _Call(store, a, q.dtype, out, mask, positions, [qf, cos, sin])
     if store.factors is not None:
         a.factor_a, a.factor_b = _c(store.factors.a).data_ptr(), _c(store.factors.b).data_ptr()
         a.rank, a.n_fit = store.factors.rank, store.n_fit
@@ -109,17 +121,66 @@ def attend_native(store: SequenceKvStore, q: torch.Tensor, scale: float) -> tupl
         if store.resident_k is not None:
             a.resident_k = _c(store.resident_k).data_ptr()
         if store.previous_chunks is not None:
-            keep.append(store.previous_chunks.contiguous())
-            a.previous, a.prev_chunks = keep[-1].data_ptr(), keep[-1].shape[1]
-    rc = load_kernel().compressed_attend(ctypes.byref(a))
+            call.keep.append(store.previous_chunks.contiguous())
+            a.previous, a.prev_chunks = call.keep[-1].data_ptr(), call.keep[-1].shape[1]
+    return call
+
+
+def _finish(call: _Call, rc: int) -> tuple[torch.Tensor, DecodeStats]:
+    """Apply a finished step to its store (NOSA chunk set, LRU counters); its output and stats. Raises on ``rc``."""
+    from .store import DecodeStats
+
+    store, a = call.store, call.args
     if rc == -1:
-        raise ValueError(f"budget {p.budget} is smaller than the always-kept positions")
+        raise ValueError(f"budget {store.params.budget} is smaller than the always-kept positions")
     if rc != 0:
         raise MemoryError("compressed_attend: allocation failed")
     filled = 0
-    if cache is not None:
-        cache.record(a.hits, a.misses)
-        store.previous_chunks = mask
-        filled = a.filled * cache.bytes_per_chunk
-    stats = DecodeStats(positions.tolist(), a.offload_bytes + filled, a.hits, a.misses, native=True)
-    return out.to(q.dtype), stats
+    if store.cache is not None:
+        store.cache.record(a.hits, a.misses)
+        store.previous_chunks = call.mask
+        filled = a.filled * store.cache.bytes_per_chunk
+    stats = DecodeStats(call.positions.tolist(), a.offload_bytes + filled, a.hits, a.misses, native=True)
+    return call.out.to(call.q_dtype), stats
+
+
+def attend_native(store: SequenceKvStore, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, DecodeStats] | None:
+    """:meth:`SequenceKvStore.attend` of ``q [Hq, D]`` through the kernel, or ``None`` where it does not apply."""
+    call = _prepare(store, q, scale)
+    if call is None:
+        return None
+    return _finish(call, load_kernel().compressed_attend(ctypes.byref(call.args)))
+
+
+def attend_native_many(steps: list[tuple[SequenceKvStore, torch.Tensor]], scale: float, threads: int,
+                       ) -> list[tuple[torch.Tensor, DecodeStats] | Exception | None]:
+    """:func:`attend_native` of several distinct stores in one kernel call over up to ``threads`` threads.
+
+    Per step: its result, the exception its step raised, or ``None`` where the kernel does not
+    apply to that store (the caller runs it another way). The kernel spreads the steps' KV heads
+    over the threads; each step writes only its own store.
+    """
+    if len({id(store) for store, _ in steps}) != len(steps):
+        raise ValueError("attend_native_many: a store appears twice (its steps must run in order)")
+    results: list[tuple[torch.Tensor, DecodeStats] | Exception | None] = [None] * len(steps)
+    calls: list[tuple[int, _Call]] = []
+    for i, (store, q) in enumerate(steps):
+        try:
+            call = _prepare(store, q, scale)
+        except Exception as exc:  # noqa: BLE001 - reported per step
+            results[i] = exc
+            continue
+        if call is not None:
+            calls.append((i, call))
+    if not calls:
+        return results
+    args = (_StepArgs * len(calls))(*(call.args for _, call in calls))
+    rc = (ctypes.c_int32 * len(calls))()
+    load_kernel().compressed_attend_many(args, len(calls), max(1, threads), rc)
+    for j, (i, call) in enumerate(calls):
+        call.args = args[j]  # the kernel wrote the counters into the array's copy
+        try:
+            results[i] = _finish(call, rc[j])
+        except Exception as exc:  # noqa: BLE001 - reported per step
+            results[i] = exc
+    return results

@@ -8,185 +8,16 @@
  * Written for the ~15 small tensor passes the reference makes per step: here every selected
  * position is touched once, in float32, with no temporaries beyond one head's rows.
  *
+ * This file: key rebuild + RoPE, gathers, attention, one head's step and the threaded batch entry
+ * point; selection.c: scores, chunk selection and the LRU; step.h: the shared types.
+ *
  * Rounding follows the reference: a rebuilt key is rounded to the store dtype, rotated in
  * float32 and rounded again; scores and attention are float32. Built by kvcache/native.py
  * (gcc -O3 -march=native), called through ctypes with one StepArgs (kvcache/native_step.py).
  */
-#include "vec_math.h"
+#include <pthread.h>
 
-typedef struct {
-    const void *ptr;   /* element type: the store dtype unless stated */
-    int64_t head_stride; /* elements between heads */
-} HeadRows;
-
-typedef struct {
-    int32_t hkv, group, d, dtype, chunk, max_change; /* max_change < 0: ShadowKV selection */
-    int32_t budget, n_sink, rank, n_outlier_chunks, capacity, prev_chunks;
-    int64_t seq_len, window_start, n_fit, n_pending, n_win, n_sink_stored, slot_cols, clock;
-    float scale;
-    const float *q;            /* [hkv*group, d] float32 */
-    float *out;                /* [hkv*group, d] float32 */
-    HeadRows landmarks;        /* [hkv][C = window_start / chunk][d] */
-    const int64_t *outliers;   /* [hkv, n_outlier_chunks] chunk ids, ascending */
-    const void *outlier_k, *outlier_v; /* [hkv, n_outlier_chunks*chunk, d] contiguous */
-    const void *factor_a;      /* [n_fit, rank] */
-    const void *factor_b;      /* [rank, hkv*d] */
-    HeadRows pending;          /* [hkv][n_pending][d] pre-RoPE keys of positions n_fit.. */
-    const float *rope_cos, *rope_sin; /* [>= window_start, d/2] float32 */
-    HeadRows sink_k, sink_v;   /* [hkv][n_sink_stored][d] */
-    HeadRows win_k, win_v;     /* [hkv][n_win][d] post-RoPE, positions window_start.. */
-    HeadRows offload_v;        /* [hkv][window_start][d] */
-    const uint8_t *previous;   /* [hkv, prev_chunks] or NULL (NOSA) */
-    uint8_t *chunk_mask;       /* out: [hkv, C] chunks taken */
-    int64_t *slot_of, *slot_chunk, *last_used; /* NOSA LRU: [hkv, slot_cols], [hkv, capacity] x2 */
-    void *resident_v;          /* [hkv, capacity, chunk, d] or NULL */
-    void *resident_k;          /* [hkv, capacity, chunk, d] post-RoPE keys of resident chunks, or NULL */
-    int64_t *positions;        /* out: [hkv] positions read */
-    int64_t offload_bytes, hits, misses, filled; /* out */
-} StepArgs;
-
-/* ---- per head ------------------------------------------------------------------------------ */
-typedef struct {
-    float *rank_score;  /* [C] max over the group of log-softmax landmark scores */
-    float *cand_exp;    /* [C] */
-    float *logits;      /* [group, C] then [group, M] */
-    Scored *cand;       /* [C] */
-    uint8_t *in_prev;   /* [C] */
-    float *keys, *vals; /* [M, d] */
-    float *b;           /* [rank, d] this head's columns of factor_b */
-    float *coef;        /* [C * chunk, rank] factor rows of the selected positions */
-    int64_t *pos;       /* [C * chunk] selected compressed positions */
-    uint8_t *fresh;     /* [C] chunks made resident this step */
-    float *row;         /* [d] */
-    float *block;       /* [16, d] */
-} Work;
-
-static int is_outlier_chunk(const StepArgs *a, int h, int64_t c) {
-    const int64_t *o = a->outliers + (int64_t)h * a->n_outlier_chunks;
-    for (int i = 0; i < a->n_outlier_chunks; i++) if (o[i] == c) return 1;
-    return 0;
-}
-
-static void landmark_scores(const StepArgs *a, int h, int64_t C, Work *w) {
-    int g = a->group, d = a->d;
-    int64_t c = 0;
-    for (; c + 16 <= C; c += 16) { /* 16 landmarks per block: their dots folded together */
-        for (int k = 0; k < 16; k++)
-            load_row(a->landmarks.ptr, a->dtype, h * a->landmarks.head_stride + (c + k) * d, d, w->block + k * d);
-        for (int j = 0; j < g; j++) {
-            const float *q = a->q + (int64_t)(h * g + j) * d;
-            v16 acc[16];
-            for (int k = 0; k < 16; k++) {
-                acc[k] = (v16){0};
-                for (int i = 0; i < d; i += 16) acc[k] += ld(q + i) * ld(w->block + k * d + i);
-            }
-            hsum16(acc, w->logits + j * C + c);
-            for (int k = 0; k < 16; k++) w->logits[j * C + c + k] *= a->scale;
-        }
-    }
-    for (; c < C; c++) {
-        load_row(a->landmarks.ptr, a->dtype, h * a->landmarks.head_stride + c * d, d, w->row);
-        for (int j = 0; j < g; j++) w->logits[j * C + c] = dot(a->q + (int64_t)(h * g + j) * d, w->row, d) * a->scale;
-    }
-    for (int64_t c = 0; c < C; c++) w->rank_score[c] = -INFINITY;
-    for (int j = 0; j < g; j++) {
-        float *s = w->logits + j * C, m = -INFINITY, z = 0.f;
-        for (int64_t c = 0; c < C; c++) m = s[c] > m ? s[c] : m;
-        for (int64_t c = 0; c < C; c++) w->cand_exp[c] = exp_neg(s[c] - m);
-        z = sum(w->cand_exp, C);
-        float lse = m + logf(z);
-        for (int64_t c = 0; c < C; c++) {
-            float v = s[c] - lse;
-            if (v > w->rank_score[c]) w->rank_score[c] = v;
-        }
-    }
-}
-
-/* ShadowKV: chunks in score order while their not-yet-kept positions fit in the room. */
-static void take_within(const StepArgs *a, int h, int64_t C, int64_t sinks, int64_t room, uint8_t *taken, Work *w) {
-    int n = 0, shorter = 0, full = 0;
-    for (int64_t c = 0; c < C; c++) {
-        if (is_outlier_chunk(a, h, c)) continue;
-        int64_t kept = c * a->chunk < sinks ? (sinks - c * a->chunk < a->chunk ? sinks - c * a->chunk : a->chunk) : 0;
-        int cnt = a->chunk - (int)kept;
-        if (cnt <= 0) continue;
-        if (cnt > full) full = cnt;
-        w->cand[n++] = (Scored){w->rank_score[c], (int32_t)c};
-    }
-    if (!n || room <= 0) return;
-    for (int i = 0; i < n; i++) shorter += (int64_t)w->cand[i].i * a->chunk < sinks;
-    int k = (int)(room / full) + shorter + 1;
-    if (k > n) k = n;
-    select_best(w->cand, n, k);
-    qsort(w->cand, (size_t)k, sizeof(Scored), cmp_desc);
-    int64_t used = 0;
-    for (int i = 0; i < k; i++) {
-        int64_t c = w->cand[i].i;
-        int64_t kept = c * a->chunk < sinks ? sinks - c * a->chunk : 0;
-        used += a->chunk - (kept < a->chunk ? kept : a->chunk);
-        if (used > room) break;
-        taken[c] = 1;
-    }
-}
-
-/* The k best of the chunks flagged in allow (or all eligible when allow is NULL), marked in out. */
-static void best_of(const StepArgs *a, int h, int64_t C, int64_t sinks, const uint8_t *allow, int64_t k, uint8_t *out, Work *w) {
-    int n = 0;
-    if (k <= 0) return;
-    for (int64_t c = 0; c < C; c++) {
-        if (allow && !allow[c]) continue;
-        int sink_only = (c + 1) * a->chunk <= sinks;
-        if (sink_only || is_outlier_chunk(a, h, c)) continue;
-        w->cand[n++] = (Scored){w->rank_score[c], (int32_t)c};
-    }
-    if (k > n) k = n;
-    select_best(w->cand, n, (int)k);
-    for (int i = 0; i < k; i++) out[w->cand[i].i] = 1;
-}
-
-/* NOSA: top `count`, at most max_change of them new against the previous step's set. */
-static void take_constrained(const StepArgs *a, int h, int64_t C, int64_t sinks, int64_t count, uint8_t *taken, Work *w) {
-    if (count < 0) count = 0;
-    if (!a->previous) { best_of(a, h, C, sinks, NULL, count, taken, w); return; }
-    uint8_t *top = (uint8_t *)calloc((size_t)C + 1, 1);
-    best_of(a, h, C, sinks, NULL, count, top, w);
-    memset(w->in_prev, 0, (size_t)C);
-    for (int64_t c = 0; c < a->prev_chunks && c < C; c++) w->in_prev[c] = a->previous[(int64_t)h * a->prev_chunks + c];
-    int64_t n_cand = 0;
-    for (int64_t c = 0; c < C; c++) {
-        top[c] = top[c] && !w->in_prev[c];
-        n_cand += top[c];
-    }
-    int64_t admit = n_cand < a->max_change ? n_cand : a->max_change;
-    best_of(a, h, C, sinks, top, admit, taken, w);
-    best_of(a, h, C, sinks, w->in_prev, count - admit, taken, w);
-    free(top);
-}
-
-/* LRU of resident chunks (kvcache/resident.py): hits refresh, misses take the least recently used free slots. */
-static void resident_step(StepArgs *a, int h, int64_t C, const uint8_t *taken, uint8_t *fresh) {
-    int64_t *slot_of = a->slot_of + (int64_t)h * a->slot_cols;
-    int64_t *slot_chunk = a->slot_chunk + (int64_t)h * a->capacity, *last = a->last_used + (int64_t)h * a->capacity;
-    int64_t chunk_elems = (int64_t)a->chunk * a->d;
-    for (int64_t c = 0; c < C; c++) if (taken[c] && slot_of[c] >= 0) { last[slot_of[c]] = a->clock; a->hits++; }
-    for (int64_t c = 0; c < C; c++) {
-        if (!taken[c] || slot_of[c] >= 0) continue;
-        a->misses++;
-        int best = -1;
-        for (int s = 0; s < a->capacity; s++)
-            if (last[s] < a->clock && (best < 0 || last[s] < last[best])) best = s;
-        if (best < 0) continue; /* more chunks than slots: read uncached */
-        if (slot_chunk[best] >= 0) slot_of[slot_chunk[best]] = -1;
-        slot_chunk[best] = c;
-        slot_of[c] = best;
-        last[best] = a->clock;
-        fresh[c] = 1;
-        for (int t = 0; t < a->chunk; t++)
-            copy_row(a->resident_v, a->offload_v.ptr, a->dtype, ((int64_t)h * a->capacity + best) * chunk_elems + (int64_t)t * a->d,
-                     h * a->offload_v.head_stride + c * a->chunk * a->d + (int64_t)t * a->d, a->d);
-        a->filled++;
-    }
-}
+#include "step.h"
 
 /* rows x [n][d] += coef [n][rank] @ b [rank][d], two rows at a time in registers (nv = d / 16). */
 static inline __attribute__((always_inline)) void matmul_rows_nv(const float *coef, int64_t n, int rank, const float *b,
@@ -284,18 +115,19 @@ static int head_step(StepArgs *a, int h, int64_t C, Work *w) {
     memset(taken, 0, (size_t)C);
     if (C > 0) {
         landmark_scores(a, h, C, w);
+        mark_outliers(a, h, C, w);
         /* always kept: sinks, outlier chunks, window [seq_len - n_local.., counted from window_start) */
         int64_t keep = n_sink_keep + (a->seq_len - ws);
         for (int i = 0; i < a->n_outlier_chunks; i++) {
             int64_t c = a->outliers[(int64_t)h * a->n_outlier_chunks + i];
-            keep += ch - ((c * ch < n_sink_keep) ? (n_sink_keep - c * ch < ch ? n_sink_keep - c * ch : ch) : 0);
+            keep += ch - sink_overlap(c, ch, n_sink_keep);
         }
         int64_t room = a->budget - keep;
         if (room < 0) return -1;
         if (a->max_change < 0) take_within(a, h, C, sinks_in_mask, room, taken, w);
         else take_constrained(a, h, C, sinks_in_mask, room / ch, taken, w);
         memset(w->fresh, 0, (size_t)C);
-        if (a->resident_v) resident_step(a, h, C, taken, w->fresh);
+        if (a->resident_v) resident_step(a, h, C, taken, w);
     }
     /* factor_b's columns of this head as float32 [rank, d] */
     for (int r = 0; r < a->rank; r++)
@@ -336,7 +168,7 @@ static int head_step(StepArgs *a, int h, int64_t C, Work *w) {
             if (a->resident_k) store_row(a->resident_k, a->dtype, in_slot, d, w->keys + m * d);
         } else {
             load_row(a->offload_v.ptr, a->dtype, h * a->offload_v.head_stride + p * d, d, w->vals + m * d);
-            a->offload_bytes += (int64_t)d * (int64_t)es;
+            w->offload_bytes += (int64_t)d * (int64_t)es;
         }
     }
     for (int64_t c = 0; a->resident_k && c < C; c++) {
@@ -358,29 +190,97 @@ static int head_step(StepArgs *a, int h, int64_t C, Work *w) {
     return 0;
 }
 
-/* Returns 0, -1 when the always-kept positions exceed the budget, -2 on allocation failure. */
-int compressed_attend(StepArgs *a) {
-    int64_t C = a->window_start / a->chunk;
+static void free_work(Work *w) {
+    free(w->rank_score); free(w->cand_exp); free(w->logits); free(w->cand); free(w->in_prev);
+    free(w->keys); free(w->vals); free(w->b); free(w->row); free(w->block); free(w->coef); free(w->pos); free(w->fresh);
+    free(w->outlier);
+}
+
+/* Scratch of one head of a; 0, or -2 on allocation failure (w freed). */
+static int alloc_work(const StepArgs *a, int64_t C, Work *w) {
     int64_t m_max = a->n_sink_stored + (int64_t)a->n_outlier_chunks * a->chunk + C * a->chunk + a->n_win;
     int64_t cols = C > m_max ? C : m_max;
+    memset(w, 0, sizeof *w);
+    w->rank_score = (float *)malloc(sizeof(float) * (size_t)(C + 1));
+    w->logits = (float *)malloc(sizeof(float) * (size_t)(a->group * cols + 1));
+    w->cand_exp = (float *)malloc(sizeof(float) * (size_t)(C + 1));
+    w->cand = (Scored *)malloc(sizeof(Scored) * (size_t)(C + 1));
+    w->in_prev = (uint8_t *)malloc((size_t)C + 1);
+    w->keys = (float *)malloc(sizeof(float) * (size_t)((m_max + 1) * a->d));
+    w->vals = (float *)malloc(sizeof(float) * (size_t)((m_max + 1) * a->d));
+    w->b = (float *)malloc(sizeof(float) * (size_t)((a->rank + 1) * a->d));
+    w->row = (float *)malloc(sizeof(float) * (size_t)a->d);
+    w->block = (float *)malloc(sizeof(float) * (size_t)(16 * a->d));
+    w->coef = (float *)malloc(sizeof(float) * (size_t)((C * a->chunk + 1) * (a->rank + 1)));
+    w->pos = (int64_t *)malloc(sizeof(int64_t) * (size_t)(C * a->chunk + 1));
+    w->fresh = (uint8_t *)malloc((size_t)C + 1);
+    w->outlier = (uint8_t *)malloc((size_t)C + 1);
+    if (w->rank_score && w->cand_exp && w->logits && w->cand && w->in_prev && w->keys && w->vals && w->b && w->row
+        && w->block && w->coef && w->pos && w->fresh && w->outlier)
+        return 0;
+    free_work(w);
+    return -2;
+}
+
+/* One head of one step: its scratch, head_step, its counters added to the step's. */
+static int run_head(StepArgs *a, int h) {
+    int64_t C = a->window_start / a->chunk;
     Work w;
-    w.rank_score = (float *)malloc(sizeof(float) * (size_t)(C + 1));
-    w.logits = (float *)malloc(sizeof(float) * (size_t)(a->group * cols + 1));
-    w.cand_exp = (float *)malloc(sizeof(float) * (size_t)(C + 1));
-    w.cand = (Scored *)malloc(sizeof(Scored) * (size_t)(C + 1));
-    w.in_prev = (uint8_t *)malloc((size_t)C + 1);
-    w.keys = (float *)malloc(sizeof(float) * (size_t)((m_max + 1) * a->d));
-    w.vals = (float *)malloc(sizeof(float) * (size_t)((m_max + 1) * a->d));
-    w.b = (float *)malloc(sizeof(float) * (size_t)((a->rank + 1) * a->d));
-    w.row = (float *)malloc(sizeof(float) * (size_t)a->d);
-    w.block = (float *)malloc(sizeof(float) * (size_t)(16 * a->d));
-    w.coef = (float *)malloc(sizeof(float) * (size_t)((C * a->chunk + 1) * (a->rank + 1)));
-    w.pos = (int64_t *)malloc(sizeof(int64_t) * (size_t)(C * a->chunk + 1));
-    w.fresh = (uint8_t *)malloc((size_t)C + 1);
-    int rc = (w.rank_score && w.cand_exp && w.logits && w.cand && w.in_prev && w.keys && w.vals && w.b && w.row && w.block && w.coef && w.pos && w.fresh) ? 0 : -2;
-    a->offload_bytes = a->hits = a->misses = a->filled = 0;
-    for (int h = 0; h < a->hkv && rc == 0; h++) rc = head_step(a, h, C, &w);
-    free(w.rank_score); free(w.cand_exp); free(w.logits); free(w.cand); free(w.in_prev);
-    free(w.keys); free(w.vals); free(w.b); free(w.row); free(w.block); free(w.coef); free(w.pos); free(w.fresh);
+    int rc = alloc_work(a, C, &w);
+    if (rc) return rc;
+    rc = head_step(a, h, C, &w);
+    __atomic_fetch_add(&a->offload_bytes, w.offload_bytes, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&a->hits, w.hits, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&a->misses, w.misses, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&a->filled, w.filled, __ATOMIC_RELAXED);
+    free_work(&w);
+    return rc;
+}
+
+/* The (step, head) units of a batch, handed out one at a time to the threads. */
+typedef struct {
+    StepArgs *args;
+    int32_t *rc;
+    int n_units, hkv_max;
+    int next;
+} Batch;
+
+static void *batch_worker(void *arg) {
+    Batch *b = (Batch *)arg;
+    for (;;) {
+        int u = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
+        if (u >= b->n_units) return NULL;
+        int i = u / b->hkv_max, h = u % b->hkv_max;
+        if (h >= b->args[i].hkv) continue;
+        int rc = run_head(&b->args[i], h);
+        if (rc) __atomic_store_n(&b->rc[i], rc, __ATOMIC_RELAXED);
+    }
+}
+
+/* n independent steps (distinct stores: each step writes its store's NOSA tables) over up to
+ * `threads` threads, one KV head of one step at a time. rc[i]: 0, -1 when the always-kept
+ * positions exceed the budget, -2 on allocation failure. Returns the threads used. */
+int compressed_attend_many(StepArgs *args, int n, int threads, int32_t *rc) {
+    Batch b = {args, rc, 0, 1, 0};
+    for (int i = 0; i < n; i++) {
+        args[i].offload_bytes = args[i].hits = args[i].misses = args[i].filled = 0;
+        rc[i] = 0;
+        if (args[i].hkv > b.hkv_max) b.hkv_max = args[i].hkv;
+    }
+    b.n_units = n * b.hkv_max;
+    if (threads > b.n_units) threads = b.n_units;
+    if (threads > 64) threads = 64;
+    pthread_t tid[64];
+    int started = 0;
+    while (started + 1 < threads && pthread_create(&tid[started], NULL, batch_worker, &b) == 0) started++;
+    batch_worker(&b);
+    for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
+    return started + 1;
+}
+
+/* One step on the calling thread: 0, -1 or -2 as above. */
+int compressed_attend(StepArgs *a) {
+    int32_t rc;
+    compressed_attend_many(a, 1, 1, &rc);
     return rc;
 }

@@ -26,7 +26,7 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch
 
 static inline float round_to(float f, int dtype) { return dtype == BF16 ? bf16_to_f32(f32_to_bf16(f)) : f; }
 
-static void load_row(const void *base, int dtype, int64_t offset, int d, float *dst) {
+static inline void load_row(const void *base, int dtype, int64_t offset, int d, float *dst) {
     if (dtype == BF16) {
         const uint16_t *p = (const uint16_t *)base + offset;
         for (int i = 0; i < d; i++) dst[i] = bf16_to_f32(p[i]);
@@ -35,7 +35,7 @@ static void load_row(const void *base, int dtype, int64_t offset, int d, float *
     }
 }
 
-static void store_row(void *base, int dtype, int64_t offset, int d, const float *src) {
+static inline void store_row(void *base, int dtype, int64_t offset, int d, const float *src) {
     if (dtype == BF16) {
         uint16_t *p = (uint16_t *)base + offset;
         for (int i = 0; i < d; i++) p[i] = f32_to_bf16(src[i]);
@@ -44,7 +44,7 @@ static void store_row(void *base, int dtype, int64_t offset, int d, const float 
     }
 }
 
-static void copy_row(void *dst_base, const void *src_base, int dtype, int64_t dst_off, int64_t src_off, int d) {
+static inline void copy_row(void *dst_base, const void *src_base, int dtype, int64_t dst_off, int64_t src_off, int d) {
     size_t es = dtype == BF16 ? 2 : 4;
     memcpy((char *)dst_base + dst_off * es, (const char *)src_base + src_off * es, (size_t)d * es);
 }
@@ -94,7 +94,7 @@ static inline void hsum16(const v16 *x, float *out) {
     st(out, v[0]);
 }
 
-static float sum(const float *x, int64_t n) {
+static inline float sum(const float *x, int64_t n) {
     v16 acc = {0};
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) acc += ld(x + i);
@@ -122,13 +122,13 @@ typedef struct { float s; int32_t i; } Scored;
 
 static inline int better(Scored a, Scored b) { return a.s > b.s || (a.s == b.s && a.i < b.i); }
 
-static int cmp_desc(const void *x, const void *y) {
+static inline int cmp_desc(const void *x, const void *y) {
     Scored a = *(const Scored *)x, b = *(const Scored *)y;
     return better(a, b) ? -1 : (better(b, a) ? 1 : 0);
 }
 
 /* Moves the k best of v[0..n) to v[0..k) (unordered; quickselect). */
-static void select_best(Scored *v, int n, int k) {
+static inline void quickselect_best(Scored *v, int n, int k) {
     int lo = 0, hi = n - 1;
     if (k <= 0 || k >= n) return;
     while (lo < hi) {
@@ -143,5 +143,42 @@ static void select_best(Scored *v, int n, int k) {
         else if (k - 1 >= i) lo = i;
         else break;
     }
+}
+
+/* select_best's bucket count: scores are spread linearly over this many buckets of [min, max]. */
+#define SELECT_BUCKETS 1024
+
+/* Moves the k best of v[0..n) to v[0..k) (unordered; v[k..n) is left undefined), the same set as
+ * quickselect_best: one counting pass over linear score buckets finds the bucket holding the k-th
+ * best; the better buckets are taken whole and only that bucket is ordered exactly (the bucket
+ * index is monotone in the score, so ties stay ordered by index). */
+static inline void select_best(Scored *v, int n, int k) {
+    if (k <= 0 || k >= n) return;
+    if (n < 4 * SELECT_BUCKETS / 16) { quickselect_best(v, n, k); return; }
+    float lo = INFINITY, hi = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        float s = v[i].s;
+        lo = s < lo ? s : lo;
+        hi = s > hi ? s : hi;
+    }
+    if (!(hi > lo) || !isfinite(hi) || !isfinite(lo)) { quickselect_best(v, n, k); return; }
+    float scale = (SELECT_BUCKETS - 1) / (hi - lo);
+    int count[SELECT_BUCKETS] = {0};
+    for (int i = 0; i < n; i++) count[(int)((v[i].s - lo) * scale)]++;
+    int b = SELECT_BUCKETS - 1, above = 0;
+    while (above + count[b] < k) above += count[b--];
+    /* v[0..above) <- buckets above b; the bucket b items after them, selected exactly */
+    int top = 0, mid = above;
+    Scored *tmp = (Scored *)malloc(sizeof(Scored) * (size_t)count[b]);
+    if (!tmp) { quickselect_best(v, n, k); return; }
+    int t = 0;
+    for (int i = 0; i < n; i++) {
+        int bi = (int)((v[i].s - lo) * scale);
+        if (bi > b) v[top++] = v[i];
+        else if (bi == b) tmp[t++] = v[i];
+    }
+    quickselect_best(tmp, t, k - above);
+    for (int i = 0; i < k - above; i++) v[mid + i] = tmp[i];
+    free(tmp);
 }
 

@@ -9,8 +9,9 @@ import torch
 
 from kvcache import native
 from kvcache.decode_attention import dense_decode_attention
-from kvcache.native_step import applies
-from kvcache.params import NosaKvParams, ShadowKvParams
+from kvcache.decode_step import attend_all
+from kvcache.native_step import applies, attend_native_many
+from kvcache.params import NosaKvParams, ShadowKvParams, StreamingKvParams
 from kvcache.rope import apply_rope, rope_inv_freq
 from kvcache.store import SequenceKvStore
 
@@ -45,9 +46,10 @@ def _pair(params, n0: int, dtype: torch.dtype, seed: int = 0):
     NosaKvParams(rank=24, budget=512, n_local=16, n_outlier_chunks=4, refit_every=24, max_change=4,
                  resident_chunks=40),
 ])
-def test_kernel_equals_reference_over_decode_steps(params, dtype) -> None:
+@pytest.mark.parametrize("n0", [1201, 4003])  # 150 chunks: quickselect; 500: bucketed selection
+def test_kernel_equals_reference_over_decode_steps(params, dtype, n0) -> None:
     """Same chunks, positions, bytes, LRU tables and (to rounding) outputs, step by step, across evictions and refits."""
-    (fast, ref), g = _pair(params, 1201, dtype)
+    (fast, ref), g = _pair(params, n0, dtype)
     assert applies(fast) and fast.native and not ref.native
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     for step in range(60):
@@ -70,7 +72,7 @@ def test_kernel_equals_reference_over_decode_steps(params, dtype) -> None:
         v = torch.randn(HKV, 1, D, generator=g)
         for store in (fast, ref):
             store.append(k_pre.to(dtype), k_post.to(dtype), v.to(dtype))
-    assert len(fast.pending_pre) > 0 or fast.n_fit > 1201  # decoded keys reached the compressed history
+    assert len(fast.pending_pre) > 0 or fast.n_fit > n0  # decoded keys reached the compressed history
     if isinstance(params, NosaKvParams):
         assert (fast.cache.hits, fast.cache.misses) == (ref.cache.hits, ref.cache.misses) and fast.cache.hits > 0
 
@@ -113,6 +115,61 @@ def test_build_failure_is_a_clear_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("SPARSE_SERVE_CACHE_DIR", str(tmp_path))
     with pytest.raises(RuntimeError, match="cannot run"):
         native.build(compiler=str(tmp_path / "no-such-cc"))
-    with pytest.raises(RuntimeError, match="failed on compressed_attend.c"):
+    with pytest.raises(RuntimeError, match="failed on csrc"):
         native.build(compiler="false")
     assert not list((tmp_path / "native").glob("*.so"))
+
+
+def _stores(params, count: int, dtype: torch.dtype, seed: int):
+    """``count`` stores of different lengths and keys, each with its twin (same data) for one-by-one steps."""
+    out = []
+    for i in range(count):
+        (a, b), g = _pair(params, 700 + 97 * i, dtype, seed=seed + i)
+        b.native = True
+        out.append((a, b, g))
+    return out
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_batched_steps_over_threads_equal_one_by_one(threads) -> None:
+    """attend_all: steps of several stores in one kernel call, spread over threads, equal each store's own steps."""
+    params = NosaKvParams(rank=24, budget=384, n_local=16, n_outlier_chunks=2, max_change=4, resident_chunks=30)
+    trios = _stores(params, 5, torch.bfloat16, seed=threads)
+    for step in range(6):
+        qs = [(2 * torch.randn(HQ, D, generator=g)).to(torch.bfloat16) for _, _, g in trios]
+        batched = attend_all([(a, q) for (a, _, _), q in zip(trios, qs)], 0.125, threads=threads)
+        for (a, b, _), q, result in zip(trios, qs, batched):
+            out, stats = b.attend(q, 0.125)
+            assert stats.native and result[1] == stats
+            assert torch.equal(result[0], out)
+            assert torch.equal(a.previous_chunks, b.previous_chunks)
+            assert torch.equal(a.cache.last_used, b.cache.last_used)
+        for a, b, g in trios:
+            k_pre = torch.randn(HKV, 1, D, generator=g)
+            k_post = apply_rope(k_pre, torch.tensor([a.seq_len]), inv_freq=INV_FREQ)
+            v = torch.randn(HKV, 1, D, generator=g)
+            for store in (a, b):
+                store.append(k_pre.to(torch.bfloat16), k_post.to(torch.bfloat16), v.to(torch.bfloat16))
+
+
+@needs_kernel
+def test_batched_steps_report_errors_per_step_and_run_other_stores() -> None:
+    """A failing step is that step's exception; streaming and float16 stores in the batch run the PyTorch path."""
+    params = ShadowKvParams(rank=16, budget=384, n_local=16, n_outlier_chunks=2)
+    (good, twin, g), (bad, _, _) = _stores(params, 2, torch.float32, seed=11)
+    bad.params = ShadowKvParams.model_construct(**{**params.model_dump(), "budget": 16})
+    half = SequenceKvStore(params, HKV, D, inv_freq=INV_FREQ, dtype=torch.float16)
+    stream = SequenceKvStore(StreamingKvParams(n_sink=4, n_local=64), HKV, D, inv_freq=INV_FREQ)
+    for store in (half, stream):
+        k = torch.randn(HKV, 500, D, generator=g)
+        store.prefill(k.to(store.dtype), k.to(store.dtype), k.to(store.dtype))
+    q = torch.randn(HQ, D, generator=g)
+    results = attend_all([(good, q), (bad, q), (half, q.half()), (stream, q)], 0.125, threads=2)
+    assert isinstance(results[1], ValueError) and "budget" in str(results[1])
+    assert results[0][1].native and torch.equal(results[0][0], twin.attend(q, 0.125)[0])
+    assert not results[2][1].native and results[2][0].dtype == torch.float16
+    out, stats = stream.attend(q, 0.125)  # a streaming step changes nothing: run again, compare
+    assert torch.equal(results[3][0], out) and results[3][1] == stats and not stats.native
+    with pytest.raises(ValueError, match="twice"):
+        attend_native_many([(good, q), (good, q)], 0.125, threads=2)
