@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     head_token_bytes, layer_token_bytes = shape.head_token_bytes(dtype), shape.layer_token_bytes(dtype)
     common = ["--dtype", args.dtype, "--max-model-len", str(max_len), "--max-num-batched-tokens", "8192",
               "--kv-cache-memory-bytes", str(args.kv_cache_memory_bytes), "--profile", str(profile_path),
-              "--max-queued-prompt-tokens", str(max(batches) * max_len)]
+              "--max-queued-prompt-tokens", str(max(batches) * max_len),
+              "--request-timeout-s", "7200"]  # a batch of long prefills shares the engine: first tokens come late
     flags = {"dense": [], "ours": ["--kv-policies", "--kv-threshold", str(args.kv_threshold)]
              + (["--kv-window-layers"] if args.kv_window_layers else [])}
     measured: dict[str, dict[tuple[int, int], tuple[float, dict, dict]]] = {}

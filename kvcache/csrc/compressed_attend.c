@@ -8,15 +8,13 @@
  * Written for the ~15 small tensor passes the reference makes per step: here every selected
  * position is touched once, in float32, with no temporaries beyond one head's rows.
  *
- * This file: key rebuild + RoPE, gathers, attention, one head's step and the threaded batch entry
- * point; selection.c: scores, chunk selection and the LRU; step.h: the shared types.
+ * This file: key rebuild + RoPE, gathers, attention, one head's step and the batch entry point
+ * (OpenMP); selection.c: scores, chunk selection and the LRU; step.h: the shared types.
  *
  * Rounding follows the reference: a rebuilt key is rounded to the store dtype, rotated in
  * float32 and rounded again; scores and attention are float32. Built by kvcache/native.py
  * (gcc -O3 -march=native), called through ctypes with one StepArgs (kvcache/native_step.py).
  */
-#include <pthread.h>
-
 #include "step.h"
 
 /* rows x [n][d] += coef [n][rank] @ b [rank][d], two rows at a time in registers (nv = d / 16). */
@@ -106,6 +104,8 @@ static void attend_rows(const StepArgs *a, int h, int64_t m, Work *w) {
     }
 }
 
+static int gather_space(const StepArgs *a, int64_t C, int64_t m, int64_t n_sel, Work *w);
+
 static int head_step(StepArgs *a, int h, int64_t C, Work *w) {
     int d = a->d, ch = a->chunk;
     int64_t ws = a->window_start, sinks = a->n_sink_stored < ws ? a->n_sink_stored : ws;
@@ -129,6 +129,9 @@ static int head_step(StepArgs *a, int h, int64_t C, Work *w) {
         memset(w->fresh, 0, (size_t)C);
         if (a->resident_v) resident_step(a, h, C, taken, w);
     }
+    int64_t n_taken = 0; /* positions of the taken chunks (bounds the rebuilt rows) */
+    for (int64_t c = 0; c < C; c++) if (taken[c]) n_taken += ch - sink_overlap(c, ch, sinks);
+    if (gather_space(a, C, sinks + (int64_t)a->n_outlier_chunks * ch + n_taken + a->n_win, n_taken, w)) return -2;
     /* factor_b's columns of this head as float32 [rank, d] */
     for (int r = 0; r < a->rank; r++)
         load_row(a->factor_b, a->dtype, (int64_t)r * a->hkv * d + (int64_t)h * d, d, w->b + (int64_t)r * d);
@@ -190,92 +193,96 @@ static int head_step(StepArgs *a, int h, int64_t C, Work *w) {
     return 0;
 }
 
-static void free_work(Work *w) {
-    free(w->rank_score); free(w->cand_exp); free(w->logits); free(w->cand); free(w->in_prev);
-    free(w->keys); free(w->vals); free(w->b); free(w->row); free(w->block); free(w->coef); free(w->pos); free(w->fresh);
-    free(w->outlier);
+/* A growable buffer of the calling thread (contents not kept when it grows). */
+typedef struct {
+    void *p;
+    size_t bytes;
+} Scratch;
+
+enum { S_RANK, S_CAND_EXP, S_LOGITS, S_CAND, S_IN_PREV, S_TOP, S_FRESH, S_OUTLIER, S_B, S_ROW, S_BLOCK,
+       S_KEYS, S_VALS, S_COEF, S_POS, S_COUNT };
+
+/* Per thread, kept across calls (the OpenMP threads persist): a step allocates nothing once the
+ * buffers have grown to the largest step seen, so no page faults or heap trims per call. */
+static __thread Scratch scratch[S_COUNT];
+
+static void *reserve(int which, size_t bytes) {
+    Scratch *s = &scratch[which];
+    if (bytes > s->bytes) {
+        free(s->p);
+        s->bytes = bytes + bytes / 2 + 64;
+        s->p = malloc(s->bytes);
+        if (!s->p) s->bytes = 0;
+    }
+    return s->p;
 }
 
-/* Scratch of one head of a; 0, or -2 on allocation failure (w freed). */
-static int alloc_work(const StepArgs *a, int64_t C, Work *w) {
-    int64_t m_max = a->n_sink_stored + (int64_t)a->n_outlier_chunks * a->chunk + C * a->chunk + a->n_win;
-    int64_t cols = C > m_max ? C : m_max;
+/* The selection's scratch of a step with C chunks; 0, or -2 when memory runs out. */
+static int selection_space(const StepArgs *a, int64_t C, Work *w) {
+    size_t c1 = (size_t)C + 1, d = (size_t)a->d;
     memset(w, 0, sizeof *w);
-    w->rank_score = (float *)malloc(sizeof(float) * (size_t)(C + 1));
-    w->logits = (float *)malloc(sizeof(float) * (size_t)(a->group * cols + 1));
-    w->cand_exp = (float *)malloc(sizeof(float) * (size_t)(C + 1));
-    w->cand = (Scored *)malloc(sizeof(Scored) * (size_t)(C + 1));
-    w->in_prev = (uint8_t *)malloc((size_t)C + 1);
-    w->keys = (float *)malloc(sizeof(float) * (size_t)((m_max + 1) * a->d));
-    w->vals = (float *)malloc(sizeof(float) * (size_t)((m_max + 1) * a->d));
-    w->b = (float *)malloc(sizeof(float) * (size_t)((a->rank + 1) * a->d));
-    w->row = (float *)malloc(sizeof(float) * (size_t)a->d);
-    w->block = (float *)malloc(sizeof(float) * (size_t)(16 * a->d));
-    w->coef = (float *)malloc(sizeof(float) * (size_t)((C * a->chunk + 1) * (a->rank + 1)));
-    w->pos = (int64_t *)malloc(sizeof(int64_t) * (size_t)(C * a->chunk + 1));
-    w->fresh = (uint8_t *)malloc((size_t)C + 1);
-    w->outlier = (uint8_t *)malloc((size_t)C + 1);
-    if (w->rank_score && w->cand_exp && w->logits && w->cand && w->in_prev && w->keys && w->vals && w->b && w->row
-        && w->block && w->coef && w->pos && w->fresh && w->outlier)
-        return 0;
-    free_work(w);
-    return -2;
+    w->rank_score = (float *)reserve(S_RANK, sizeof(float) * c1);
+    w->cand_exp = (float *)reserve(S_CAND_EXP, sizeof(float) * c1);
+    w->logits = (float *)reserve(S_LOGITS, sizeof(float) * (size_t)a->group * c1);
+    w->cand = (Scored *)reserve(S_CAND, sizeof(Scored) * c1);
+    w->in_prev = (uint8_t *)reserve(S_IN_PREV, c1);
+    w->top = (uint8_t *)reserve(S_TOP, c1);
+    w->fresh = (uint8_t *)reserve(S_FRESH, c1);
+    w->outlier = (uint8_t *)reserve(S_OUTLIER, c1);
+    w->b = (float *)reserve(S_B, sizeof(float) * (size_t)(a->rank + 1) * d);
+    w->row = (float *)reserve(S_ROW, sizeof(float) * d);
+    w->block = (float *)reserve(S_BLOCK, sizeof(float) * 16 * d);
+    return (w->rank_score && w->cand_exp && w->logits && w->cand && w->in_prev && w->top && w->fresh && w->outlier
+            && w->b && w->row && w->block) ? 0 : -2;
 }
 
-/* One head of one step: its scratch, head_step, its counters added to the step's. */
+/* The gather's scratch: m rows at most, n_sel of them rebuilt; 0, or -2. */
+static int gather_space(const StepArgs *a, int64_t C, int64_t m, int64_t n_sel, Work *w) {
+    size_t d = (size_t)a->d, cols = (size_t)(C > m ? C : m) + 1;
+    w->logits = (float *)reserve(S_LOGITS, sizeof(float) * (size_t)a->group * cols); /* landmark logits are spent */
+    w->keys = (float *)reserve(S_KEYS, sizeof(float) * (size_t)(m + 1) * d);
+    w->vals = (float *)reserve(S_VALS, sizeof(float) * (size_t)(m + 1) * d);
+    w->coef = (float *)reserve(S_COEF, sizeof(float) * (size_t)(n_sel + 1) * (size_t)(a->rank + 1));
+    w->pos = (int64_t *)reserve(S_POS, sizeof(int64_t) * (size_t)(n_sel + 1));
+    return (w->logits && w->keys && w->vals && w->coef && w->pos) ? 0 : -2;
+}
+
+/* One head of one step: head_step on this thread's scratch, its counters added to the step's. */
 static int run_head(StepArgs *a, int h) {
     int64_t C = a->window_start / a->chunk;
     Work w;
-    int rc = alloc_work(a, C, &w);
+    int rc = selection_space(a, C, &w);
     if (rc) return rc;
     rc = head_step(a, h, C, &w);
     __atomic_fetch_add(&a->offload_bytes, w.offload_bytes, __ATOMIC_RELAXED);
     __atomic_fetch_add(&a->hits, w.hits, __ATOMIC_RELAXED);
     __atomic_fetch_add(&a->misses, w.misses, __ATOMIC_RELAXED);
     __atomic_fetch_add(&a->filled, w.filled, __ATOMIC_RELAXED);
-    free_work(&w);
     return rc;
 }
 
-/* The (step, head) units of a batch, handed out one at a time to the threads. */
-typedef struct {
-    StepArgs *args;
-    int32_t *rc;
-    int n_units, hkv_max;
-    int next;
-} Batch;
-
-static void *batch_worker(void *arg) {
-    Batch *b = (Batch *)arg;
-    for (;;) {
-        int u = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
-        if (u >= b->n_units) return NULL;
-        int i = u / b->hkv_max, h = u % b->hkv_max;
-        if (h >= b->args[i].hkv) continue;
-        int rc = run_head(&b->args[i], h);
-        if (rc) __atomic_store_n(&b->rc[i], rc, __ATOMIC_RELAXED);
-    }
-}
-
-/* n independent steps (distinct stores: each step writes its store's NOSA tables) over up to
- * `threads` threads, one KV head of one step at a time. rc[i]: 0, -1 when the always-kept
- * positions exceed the budget, -2 on allocation failure. Returns the threads used. */
+/* n independent steps (distinct stores: each step writes its store's NOSA tables), one KV head of
+ * one step per work unit, over up to `threads` OpenMP threads. The library links libgomp.so.1 by
+ * name, so in a PyTorch process it shares PyTorch's OpenMP runtime and its (pinned, spinning)
+ * threads. rc[i]: 0, -1 when the always-kept positions exceed the budget, -2 on allocation failure. */
 int compressed_attend_many(StepArgs *args, int n, int threads, int32_t *rc) {
-    Batch b = {args, rc, 0, 1, 0};
+    int hkv_max = 1;
     for (int i = 0; i < n; i++) {
         args[i].offload_bytes = args[i].hits = args[i].misses = args[i].filled = 0;
         rc[i] = 0;
-        if (args[i].hkv > b.hkv_max) b.hkv_max = args[i].hkv;
+        if (args[i].hkv > hkv_max) hkv_max = args[i].hkv;
     }
-    b.n_units = n * b.hkv_max;
-    if (threads > b.n_units) threads = b.n_units;
-    if (threads > 64) threads = 64;
-    pthread_t tid[64];
-    int started = 0;
-    while (started + 1 < threads && pthread_create(&tid[started], NULL, batch_worker, &b) == 0) started++;
-    batch_worker(&b);
-    for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
-    return started + 1;
+    int units = n * hkv_max;
+    if (threads > units) threads = units;
+    if (threads < 1) threads = 1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int u = 0; u < units; u++) {
+        int i = u / hkv_max, h = u % hkv_max;
+        if (h >= args[i].hkv) continue;
+        int r = run_head(&args[i], h);
+        if (r) __atomic_store_n(&rc[i], r, __ATOMIC_RELAXED);
+    }
+    return threads;
 }
 
 /* One step on the calling thread: 0, -1 or -2 as above. */

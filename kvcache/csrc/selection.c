@@ -91,7 +91,8 @@ static void best_of(const StepArgs *a, int h, int64_t C, int64_t sinks, const ui
 void take_constrained(const StepArgs *a, int h, int64_t C, int64_t sinks, int64_t count, uint8_t *taken, Work *w) {
     if (count < 0) count = 0;
     if (!a->previous) { best_of(a, h, C, sinks, NULL, count, taken, w); return; }
-    uint8_t *top = (uint8_t *)calloc((size_t)C + 1, 1);
+    uint8_t *top = w->top;
+    memset(top, 0, (size_t)C);
     best_of(a, h, C, sinks, NULL, count, top, w);
     memset(w->in_prev, 0, (size_t)C);
     for (int64_t c = 0; c < a->prev_chunks && c < C; c++) w->in_prev[c] = a->previous[(int64_t)h * a->prev_chunks + c];
@@ -103,7 +104,6 @@ void take_constrained(const StepArgs *a, int h, int64_t C, int64_t sinks, int64_
     int64_t admit = n_cand < a->max_change ? n_cand : a->max_change;
     best_of(a, h, C, sinks, top, admit, taken, w);
     best_of(a, h, C, sinks, w->in_prev, count - admit, taken, w);
-    free(top);
 }
 
 /* LRU of resident chunks (kvcache/resident.py): hits refresh, misses take the least recently used free slots. */

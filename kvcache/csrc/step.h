@@ -37,21 +37,24 @@ typedef struct {
 } StepArgs;
 
 /* ---- per head ------------------------------------------------------------------------------ */
+/* Scratch of one head's step: pointers into the calling thread's buffers (compressed_attend.c),
+ * which persist across calls and only grow. Sizes: C chunks, M gathered rows, S selected positions. */
 typedef struct {
     float *rank_score;  /* [C] max over the group of log-softmax landmark scores */
     float *cand_exp;    /* [C] */
     float *logits;      /* [group, C] then [group, M] */
     Scored *cand;       /* [C] */
     uint8_t *in_prev;   /* [C] */
-    float *keys, *vals; /* [M, d] */
-    float *b;           /* [rank, d] this head's columns of factor_b */
-    float *coef;        /* [C * chunk, rank] factor rows of the selected positions */
-    int64_t *pos;       /* [C * chunk] selected compressed positions */
+    uint8_t *top;       /* [C] */
     uint8_t *fresh;     /* [C] chunks made resident this step */
     uint8_t *outlier;   /* [C] outlier chunks of this head */
-    int64_t offload_bytes, hits, misses, filled; /* this head's share of the StepArgs counters */
+    float *b;           /* [rank, d] this head's columns of factor_b */
     float *row;         /* [d] */
     float *block;       /* [16, d] */
+    float *keys, *vals; /* [M, d] (set after the selection) */
+    float *coef;        /* [S, rank] factor rows of the selected positions (idem) */
+    int64_t *pos;       /* [S] selected compressed positions (idem) */
+    int64_t offload_bytes, hits, misses, filled; /* this head's share of the StepArgs counters */
 } Work;
 
 /* Positions of chunk c (of ch tokens) below `sinks`, i.e. already kept as sinks. */
