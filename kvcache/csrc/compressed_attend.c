@@ -17,37 +17,37 @@
  */
 #include "step.h"
 
-/* rows x [n][d] += coef [n][rank] @ b [rank][d], two rows at a time in registers (nv = d / 16). */
+/* rows x [n][d] += coef [n][rank] @ b [rank][d], two rows at a time in registers (nv = d / VL). */
 static inline __attribute__((always_inline)) void matmul_rows_nv(const float *coef, int64_t n, int rank, const float *b,
                                                                   float *x, int d, const int nv) {
     int64_t i = 0;
     for (; i + 2 <= n; i += 2) {
-        v16 acc0[MAX_NV], acc1[MAX_NV];
-        for (int j = 0; j < nv; j++) acc0[j] = acc1[j] = (v16){0};
+        vf acc0[MAX_NV], acc1[MAX_NV];
+        for (int j = 0; j < nv; j++) acc0[j] = acc1[j] = (vf){0};
         const float *c0 = coef + i * rank, *c1 = c0 + rank;
         for (int r = 0; r < rank; r++) {
-            v16 s0 = splat(c0[r]), s1 = splat(c1[r]);
+            vf s0 = splat(c0[r]), s1 = splat(c1[r]);
             for (int j = 0; j < nv; j++) {
-                v16 bj = ld(b + (int64_t)r * d + 16 * j);
+                vf bj = ld(b + (int64_t)r * d + VL * j);
                 acc0[j] += s0 * bj;
                 acc1[j] += s1 * bj;
             }
         }
-        for (int j = 0; j < nv; j++) { st(x + i * d + 16 * j, acc0[j]); st(x + (i + 1) * d + 16 * j, acc1[j]); }
+        for (int j = 0; j < nv; j++) { st(x + i * d + VL * j, acc0[j]); st(x + (i + 1) * d + VL * j, acc1[j]); }
     }
     for (; i < n; i++) {
-        v16 acc[MAX_NV];
-        for (int j = 0; j < nv; j++) acc[j] = (v16){0};
+        vf acc[MAX_NV];
+        for (int j = 0; j < nv; j++) acc[j] = (vf){0};
         for (int r = 0; r < rank; r++)
-            for (int j = 0; j < nv; j++) acc[j] += splat(coef[i * rank + r]) * ld(b + (int64_t)r * d + 16 * j);
-        for (int j = 0; j < nv; j++) st(x + i * d + 16 * j, acc[j]);
+            for (int j = 0; j < nv; j++) acc[j] += splat(coef[i * rank + r]) * ld(b + (int64_t)r * d + VL * j);
+        for (int j = 0; j < nv; j++) st(x + i * d + VL * j, acc[j]);
     }
 }
 
 static void matmul_rows(const float *coef, int64_t n, int rank, const float *b, float *x, int d) {
-    if (d == 64) matmul_rows_nv(coef, n, rank, b, x, 64, 4);
-    else if (d == 128) matmul_rows_nv(coef, n, rank, b, x, 128, 8);
-    else matmul_rows_nv(coef, n, rank, b, x, d, d / 16);
+    if (d == 64) matmul_rows_nv(coef, n, rank, b, x, 64, 64 / VL);
+    else if (d == 128) matmul_rows_nv(coef, n, rank, b, x, 128, 128 / VL);
+    else matmul_rows_nv(coef, n, rank, b, x, d, d / VL);
 }
 
 /* Post-RoPE keys of compressed positions pos[0..n) into keys [n][d]: pre-RoPE key rebuilt from the
@@ -76,31 +76,28 @@ static void rebuilt_keys(const StepArgs *a, int h, const int64_t *pos, int64_t n
 
 static inline __attribute__((always_inline)) void weighted_sum_nv(const float *p, const float *vals, int64_t m, int d,
                                                                    float inv_z, float *o, const int nv) {
-    v16 acc[MAX_NV];
-    for (int j = 0; j < nv; j++) acc[j] = (v16){0};
+    vf acc[MAX_NV];
+    for (int j = 0; j < nv; j++) acc[j] = (vf){0};
     for (int64_t i = 0; i < m; i++) {
-        v16 pi = splat(p[i]);
-        for (int j = 0; j < nv; j++) acc[j] += pi * ld(vals + i * d + 16 * j);
+        vf pi = splat(p[i]);
+        for (int j = 0; j < nv; j++) acc[j] += pi * ld(vals + i * d + VL * j);
     }
-    for (int j = 0; j < nv; j++) st(o + 16 * j, acc[j] * inv_z);
+    for (int j = 0; j < nv; j++) st(o + VL * j, acc[j] * inv_z);
 }
 
 static void attend_rows(const StepArgs *a, int h, int64_t m, Work *w) {
     int g = a->group, d = a->d;
+    if (m == 0) { memset(a->out + (int64_t)h * g * d, 0, sizeof(float) * (size_t)(g * d)); return; }
+    scaled_dots(a->q + (int64_t)h * g * d, g, w->keys, m, d, a->scale, w->logits, m);
     for (int j = 0; j < g; j++) {
-        const float *q = a->q + (int64_t)(h * g + j) * d;
-        float *lg = w->logits, mx = -INFINITY;
+        float *lg = w->logits + j * m, mx = -INFINITY;
         float *o = a->out + (int64_t)(h * g + j) * d;
-        if (m == 0) { memset(o, 0, sizeof(float) * (size_t)d); continue; }
-        for (int64_t i = 0; i < m; i++) {
-            lg[i] = dot(q, w->keys + i * d, d) * a->scale;
-            mx = lg[i] > mx ? lg[i] : mx;
-        }
-        for (int64_t i = 0; i < m; i++) lg[i] = exp_neg(lg[i] - mx);
+        for (int64_t i = 0; i < m; i++) mx = lg[i] > mx ? lg[i] : mx;
+        exp_shifted(lg, lg, m, mx);
         float inv_z = 1.f / sum(lg, m);
-        if (d == 64) weighted_sum_nv(lg, w->vals, m, 64, inv_z, o, 4);
-        else if (d == 128) weighted_sum_nv(lg, w->vals, m, 128, inv_z, o, 8);
-        else weighted_sum_nv(lg, w->vals, m, d, inv_z, o, d / 16);
+        if (d == 64) weighted_sum_nv(lg, w->vals, m, 64, inv_z, o, 64 / VL);
+        else if (d == 128) weighted_sum_nv(lg, w->vals, m, 128, inv_z, o, 128 / VL);
+        else weighted_sum_nv(lg, w->vals, m, d, inv_z, o, d / VL);
     }
 }
 
@@ -231,7 +228,7 @@ static int selection_space(const StepArgs *a, int64_t C, Work *w) {
     w->outlier = (uint8_t *)reserve(S_OUTLIER, c1);
     w->b = (float *)reserve(S_B, sizeof(float) * (size_t)(a->rank + 1) * d);
     w->row = (float *)reserve(S_ROW, sizeof(float) * d);
-    w->block = (float *)reserve(S_BLOCK, sizeof(float) * 16 * d);
+    w->block = (float *)reserve(S_BLOCK, sizeof(float) * VL * d);
     return (w->rank_score && w->cand_exp && w->logits && w->cand && w->in_prev && w->top && w->fresh && w->outlier
             && w->b && w->row && w->block) ? 0 : -2;
 }

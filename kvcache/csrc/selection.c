@@ -14,30 +14,18 @@ void mark_outliers(const StepArgs *a, int h, int64_t C, Work *w) {
 
 void landmark_scores(const StepArgs *a, int h, int64_t C, Work *w) {
     int g = a->group, d = a->d;
-    int64_t c = 0;
-    for (; c + 16 <= C; c += 16) { /* 16 landmarks per block: their dots folded together */
-        for (int k = 0; k < 16; k++)
+    const float *q = a->q + (int64_t)h * g * d;
+    for (int64_t c = 0; c < C; c += VL) { /* VL landmarks per block, as float32 */
+        int64_t n = C - c < VL ? C - c : VL;
+        for (int64_t k = 0; k < n; k++)
             load_row(a->landmarks.ptr, a->dtype, h * a->landmarks.head_stride + (c + k) * d, d, w->block + k * d);
-        for (int j = 0; j < g; j++) {
-            const float *q = a->q + (int64_t)(h * g + j) * d;
-            v16 acc[16];
-            for (int k = 0; k < 16; k++) {
-                acc[k] = (v16){0};
-                for (int i = 0; i < d; i += 16) acc[k] += ld(q + i) * ld(w->block + k * d + i);
-            }
-            hsum16(acc, w->logits + j * C + c);
-            for (int k = 0; k < 16; k++) w->logits[j * C + c + k] *= a->scale;
-        }
-    }
-    for (; c < C; c++) {
-        load_row(a->landmarks.ptr, a->dtype, h * a->landmarks.head_stride + c * d, d, w->row);
-        for (int j = 0; j < g; j++) w->logits[j * C + c] = dot(a->q + (int64_t)(h * g + j) * d, w->row, d) * a->scale;
+        scaled_dots(q, g, w->block, n, d, a->scale, w->logits + c, C);
     }
     for (int64_t c = 0; c < C; c++) w->rank_score[c] = -INFINITY;
     for (int j = 0; j < g; j++) {
         float *s = w->logits + j * C, m = -INFINITY, z = 0.f;
         for (int64_t c = 0; c < C; c++) m = s[c] > m ? s[c] : m;
-        for (int64_t c = 0; c < C; c++) w->cand_exp[c] = exp_neg(s[c] - m);
+        exp_shifted(w->cand_exp, s, C, m);
         z = sum(w->cand_exp, C);
         float lse = m + logf(z);
         for (int64_t c = 0; c < C; c++) {

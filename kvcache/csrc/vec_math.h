@@ -1,4 +1,4 @@
-/* Element access (float32 / bfloat16 rows), 16-float vectors, a fast exp and a top-k by quickselect:
+/* Element access (float32 / bfloat16 rows), float vectors, a fast exp and a top-k by quickselect:
  * the primitives of compressed_attend.c (a header of static functions, included once). */
 #pragma once
 #include <math.h>
@@ -49,61 +49,113 @@ static inline void copy_row(void *dst_base, const void *src_base, int dtype, int
     memcpy((char *)dst_base + dst_off * es, (const char *)src_base + src_off * es, (size_t)d * es);
 }
 
-/* 16-float vectors (GCC vector extensions: AVX-512 registers, or two AVX2 halves). Head dims are
+/* Vectors of VL floats (GCC vector extensions): 16 on AVX-512, else 8 (one AVX2 register; wider
+ * generic vectors make GCC spill every cross-lane shuffle to the stack there). Head dims are
  * multiples of 16 (the caller checks), so every row is a whole number of vectors. */
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-#define MAX_NV 16 /* head_dim <= 256 */
+#ifdef __AVX512F__
+#define VL 16
+#else
+#define VL 8
+#endif
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));
+typedef int32_t vfi __attribute__((vector_size(VL * 4)));
+#define MAX_NV (256 / VL) /* head_dim <= 256 */
 
-static inline v16 ld(const float *p) { return *(const v16u *)p; }
-static inline void st(float *p, v16 x) { *(v16u *)p = x; }
-static inline v16 splat(float x) { return (v16){0} + x; }
+static inline vf ld(const float *p) { return *(const vfu *)p; }
+static inline void st(float *p, vf x) { *(vfu *)p = x; }
+static inline vf splat(float x) { return (vf){0} + x; }
 
-static inline float hsum(v16 x) {
-    x += __builtin_shuffle(x, (v16i){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-    x += __builtin_shuffle(x, (v16i){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-    x += __builtin_shuffle(x, (v16i){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-    x += __builtin_shuffle(x, (v16i){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+static inline float hsum(vf x) {
+#if VL == 16
+    x += __builtin_shuffle(x, (vfi){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+    x += __builtin_shuffle(x, (vfi){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+    x += __builtin_shuffle(x, (vfi){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+    x += __builtin_shuffle(x, (vfi){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+#else
+    x += __builtin_shuffle(x, (vfi){4, 5, 6, 7, 0, 1, 2, 3});
+    x += __builtin_shuffle(x, (vfi){2, 3, 0, 1, 6, 7, 4, 5});
+    x += __builtin_shuffle(x, (vfi){1, 0, 3, 2, 5, 4, 7, 6});
+#endif
     return x[0];
 }
 
 static inline float dot(const float *a, const float *b, int d) {
-    v16 acc = {0};
-    for (int i = 0; i < d; i += 16) acc += ld(a + i) * ld(b + i);
+    vf acc = {0};
+    for (int i = 0; i < d; i += VL) acc += ld(a + i) * ld(b + i);
     return hsum(acc);
 }
 
-/* out[k] = hsum(x[k]) for 16 vectors at once: a fold tree of 15 two-vector shuffles (vs 16 separate
- * folds). The tree leaves lane j with the sum of input bitrev4(j), so inputs are taken in that order. */
-static inline void hsum16(const v16 *x, float *out) {
+/* out[k] = hsum(x[k]) for VL vectors at once: a fold tree of VL - 1 two-vector shuffles (vs VL
+ * separate folds). Level l keeps, of each block of 2h lanes (h = VL >> (l + 1)), the first h lanes
+ * of both inputs (lo) and the last h (hi); the tree leaves lane j with the sum of input bitrev(j),
+ * so inputs are taken in that order. */
+static inline void hsum_lanes(const vf *x, float *out) {
+#if VL == 16
+    enum { LEVELS = 4 };
     static const int bitrev[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
-    const v16i lo[4] = {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
-                        {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
-                        {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
-                        {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}};
-    const v16i hi[4] = {{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
-                        {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
-                        {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
-                        {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
-    v16 v[16];
-    for (int k = 0; k < 16; k++) v[k] = x[bitrev[k]];
-    for (int level = 0, n = 16; level < 4; level++, n /= 2)
+    const vfi lo[4] = {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+                       {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+                       {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+                       {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}};
+    const vfi hi[4] = {{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+                       {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
+                       {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
+                       {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
+#else
+    enum { LEVELS = 3 };
+    static const int bitrev[8] = {0, 4, 2, 6, 1, 5, 3, 7};
+    const vfi lo[3] = {{0, 1, 2, 3, 8, 9, 10, 11}, {0, 1, 8, 9, 4, 5, 12, 13}, {0, 8, 2, 10, 4, 12, 6, 14}};
+    const vfi hi[3] = {{4, 5, 6, 7, 12, 13, 14, 15}, {2, 3, 10, 11, 6, 7, 14, 15}, {1, 9, 3, 11, 5, 13, 7, 15}};
+#endif
+    vf v[VL];
+    for (int k = 0; k < VL; k++) v[k] = x[bitrev[k]];
+    for (int level = 0, n = VL; level < LEVELS; level++, n /= 2)
         for (int k = 0; k < n / 2; k++)
             v[k] = __builtin_shuffle(v[2 * k], v[2 * k + 1], lo[level]) + __builtin_shuffle(v[2 * k], v[2 * k + 1], hi[level]);
     st(out, v[0]);
 }
 
-static inline float sum(const float *x, int64_t n) {
-    v16 acc = {0};
+/* out[j * out_stride + i] = scale * (q_j . rows_i) for g queries q [g][d] and n rows [n][d]: VL
+ * rows at a time, each block read from L1 by every query, their dots folded together. nv = d / VL
+ * is a constant at the call sites below, so the compiler unrolls the row loops. */
+static inline __attribute__((always_inline)) void scaled_dots_nv(const float *q, int g, const float *rows, int64_t n,
+                                                                 int d, float scale, float *out, int64_t out_stride,
+                                                                 const int nv) {
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16) acc += ld(x + i);
+    for (; i + VL <= n; i += VL)
+        for (int j = 0; j < g; j++) {
+            const float *qj = q + (int64_t)j * d;
+            vf acc[VL];
+            for (int k = 0; k < VL; k++) {
+                acc[k] = ld(qj) * ld(rows + (i + k) * d);
+                for (int t = 1; t < nv; t++) acc[k] += ld(qj + t * VL) * ld(rows + (i + k) * d + t * VL);
+            }
+            float *o = out + j * out_stride + i;
+            hsum_lanes(acc, o);
+            for (int k = 0; k < VL; k++) o[k] *= scale;
+        }
+    for (; i < n; i++)
+        for (int j = 0; j < g; j++) out[j * out_stride + i] = dot(q + (int64_t)j * d, rows + i * d, d) * scale;
+}
+
+static inline void scaled_dots(const float *q, int g, const float *rows, int64_t n, int d, float scale, float *out,
+                               int64_t out_stride) {
+    if (d == 64) scaled_dots_nv(q, g, rows, n, 64, scale, out, out_stride, 64 / VL);
+    else if (d == 128) scaled_dots_nv(q, g, rows, n, 128, scale, out, out_stride, 128 / VL);
+    else scaled_dots_nv(q, g, rows, n, d, scale, out, out_stride, d / VL);
+}
+
+static inline float sum(const float *x, int64_t n) {
+    vf acc = {0};
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) acc += ld(x + i);
     float s = hsum(acc);
     for (; i < n; i++) s += x[i];
     return s;
 }
 
-/* exp for x <= 0 (softmax after max subtraction): 2^n * p(r), |rel err| < 2e-7, vectorizable. */
+/* exp for x <= 0 (softmax after max subtraction): 2^n * p(r), |rel err| < 2e-7; 0 below -87. */
 static inline float exp_neg(float x) {
     int under = x < -87.f;
     x = under ? -87.f : x;
@@ -115,6 +167,25 @@ static inline float exp_neg(float x) {
     float scale;
     memcpy(&scale, &bits, 4);
     return under ? 0.f : p * scale;
+}
+
+/* exp_neg of VL lanes (n = floor(t + 0.5) by truncating t + 256.5 > 0: it may land one above
+ * floor when t + 0.5 rounds up to an integer, which the polynomial absorbs). */
+static inline vf exp_neg_v(vf x) {
+    vfi keep = x >= -87.f;
+    x = (vf)(((vfi)x & keep) | ((vfi)splat(-87.f) & ~keep));
+    vf t = x * 1.44269504089f;
+    vfi ni = __builtin_convertvector(t + 256.5f, vfi) - 256;
+    vf r = (t - __builtin_convertvector(ni, vf)) * 0.69314718056f;
+    vf p = 1.f + r * (1.f + r * (0.5f + r * (0.16666667f + r * (0.041666668f + r * (0.0083333333f + r * 0.0013888889f)))));
+    return (vf)((vfi)(p * (vf)((ni + 127) << 23)) & keep);
+}
+
+/* dst[i] = exp_neg(src[i] - shift) for i < n (dst may be src). */
+static inline void exp_shifted(float *dst, const float *src, int64_t n, float shift) {
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) st(dst + i, exp_neg_v(ld(src + i) - shift));
+    for (; i < n; i++) dst[i] = exp_neg(src[i] - shift);
 }
 
 /* ---- top-k by (score desc, index asc) ----------------------------------------------------- */
