@@ -51,7 +51,7 @@ from vllm.v1.attention.backends.cpu_attn import (
 )
 from vllm.v1.kv_cache_interface import AttentionSpec
 
-from kvcache.decode_step import RopeSpec, advance, attend_all
+from kvcache.decode_step import RopeSpec, advance, attend_all, pre_rope_rows
 from kvcache.head_policy import KvGroup, KvPlan
 from kvcache.rope import model_rope
 from kvcache.store import SequenceKvStore
@@ -326,7 +326,9 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
             if window:
                 self._pool_window_row(row, query, kv_cache, window, output)
 
-        for row in plan.kv_rows:
+        k_pre = pre_rope_rows(key[[row.row for row in plan.kv_rows]], [row.seq_len - 1 for row in plan.kv_rows],
+                              plan.rope)  # every row's new pre-RoPE key in one call
+        for i, row in enumerate(plan.kv_rows):
             request = request_at_slot(row.slot)
             if request is None:
                 logger.warning("layer %d: no request writes slot %d; decode row keeps %s", layer_idx, row.slot,
@@ -345,7 +347,7 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                 return gather_sequence_kv(kv_cache, row.block_ids, row.seq_len)
             try:
                 steps += [(row, request, group, advance(STORES, request, (layer_idx, g), group, key[row.row],
-                                                        value[row.row], row.seq_len - 1, context, plan.rope))
+                                                        value[row.row], row.seq_len - 1, context, plan.rope, k_pre[i]))
                           for g, group in enumerate(groups)]
             except Exception as exc:  # noqa: BLE001 - the row keeps vLLM's output (the pool window), counted
                 fail(row, request, exc)

@@ -14,13 +14,13 @@ rebuilt from the context, so a store is always the exact history of its request.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .head_policy import KvGroup
 from .registry import StoreRegistry
-from .rope import remove_rope
+from .rope import RopeTable, inverse_rope_table, remove_rope
 from .native_step import attend_native_many
 from .store import DecodeStats, SequenceKvStore
 
@@ -31,6 +31,21 @@ class RopeSpec:
 
     inv_freq: torch.Tensor
     attention_scaling: float = 1.0
+    inverse: RopeTable = field(init=False, repr=False, compare=False)  # what remove_rope reads
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inverse", inverse_rope_table(self.inv_freq, self.attention_scaling))
+
+    def unrotate(self, k: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Pre-RoPE keys of post-RoPE ``k [H, L, D]`` at ``positions [L]``."""
+        return remove_rope(k, positions, inv_freq=self.inv_freq, attention_scaling=self.attention_scaling,
+                           table=self.inverse)
+
+
+def pre_rope_rows(k_new: torch.Tensor, positions: list[int], rope: RopeSpec) -> torch.Tensor:
+    """Pre-RoPE keys ``[R, Hkv, D]`` of ``R`` decode tokens ``k_new [R, Hkv, D]`` at ``positions`` (one call for a batch)."""
+    pos = torch.tensor(positions, dtype=torch.int64)
+    return rope.unrotate(k_new.transpose(0, 1), pos).transpose(0, 1)
 
 
 def advance(
@@ -43,12 +58,14 @@ def advance(
     position: int,
     read_context: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     rope: RopeSpec,
+    k_pre_new: torch.Tensor | None = None,
 ) -> SequenceKvStore:
     """The store of ``(request_id, key)`` holding the sequence up to and including the decode token at ``position``.
 
     ``k_new, v_new [Hkv, D]``: the token's post-RoPE key and value for the layer's (local) KV
     heads; ``read_context()`` returns ``k, v [Hkv, position + 1, D]``, the whole context including
-    this token (called only when the store is (re)built).
+    this token (called only when the store is (re)built). ``k_pre_new [Hkv, D]``: the token's
+    pre-RoPE key where the caller has it already (:func:`pre_rope_rows`).
     """
     kv = list(group.kv_heads)
     store = stores.find(request_id, key)
@@ -56,14 +73,16 @@ def advance(
         k_all, v_all = read_context()
         k_all, v_all = k_all[kv], v_all[kv]
         positions = torch.arange(position + 1, device=k_all.device)
-        k_pre = remove_rope(k_all, positions, inv_freq=rope.inv_freq, attention_scaling=rope.attention_scaling)
+        k_pre = rope.unrotate(k_all, positions)
         store = stores.create(request_id, key, group.params, len(kv), k_all.shape[-1], inv_freq=rope.inv_freq,
                               attention_scaling=rope.attention_scaling, device=k_all.device, dtype=k_all.dtype)
         store.prefill(k_pre, k_all, v_all)
     else:
         k_post = k_new[kv].unsqueeze(1)
-        k_pre = remove_rope(k_post, torch.tensor([position], device=k_post.device), inv_freq=rope.inv_freq,
-                            attention_scaling=rope.attention_scaling)
+        if k_pre_new is None:
+            k_pre = rope.unrotate(k_post, torch.tensor([position], device=k_post.device))
+        else:
+            k_pre = k_pre_new[kv].unsqueeze(1)
         store.append(k_pre, k_post, v_new[kv].unsqueeze(1))
     return store
 
@@ -100,10 +119,11 @@ def attend_all(steps: list[tuple[SequenceKvStore, torch.Tensor]], scale: float, 
     native = [i for i, (store, _) in enumerate(steps) if store.native and store.compressed]
     for i, result in zip(native, attend_native_many([steps[i] for i in native], scale, threads)):
         results[i] = result
+    kernel_declined = {i for i in native if results[i] is None}  # its PyTorch path, without asking the kernel again
     for i, (store, q) in enumerate(steps):
         if results[i] is None:
             try:
-                results[i] = store.attend(q, scale)
+                results[i] = store.attend_reference(q.to(store.device), scale) if i in kernel_declined else store.attend(q, scale)
             except Exception as exc:  # noqa: BLE001 - reported per step
                 results[i] = exc
     return results  # type: ignore[return-value]

@@ -137,15 +137,36 @@ def apply_rope(
 
 
 def remove_rope(
-    x: torch.Tensor, positions: torch.Tensor, *, inv_freq: torch.Tensor, attention_scaling: float = 1.0
+    x: torch.Tensor,
+    positions: torch.Tensor,
+    *,
+    inv_freq: torch.Tensor,
+    attention_scaling: float = 1.0,
+    table: RopeTable | None = None,
 ) -> torch.Tensor:
-    """Undo :func:`apply_rope`: the pre-RoPE ``[H, L, D]`` of keys rotated at ``positions``.
+    """Undo :func:`apply_rope`: the pre-RoPE ``[H, L, D]`` of keys rotated at ``positions`` (``[L]`` or ``[H, L]``).
 
     A rotation by ``-angle`` divided by the cos/sin multiplier; exact up to float32 round-off.
     The engine's paged cache holds rotated keys only, and this recovers the pre-RoPE keys a
-    low-rank fit needs.
+    low-rank fit needs. ``table``: :func:`inverse_rope_table` of the same ``inv_freq`` and
+    multiplier (non-negative positions), read instead of evaluating cos/sin; same float32 values
+    (cos is even and sin odd, so the table's entries at ``+angle`` give those at ``-angle``).
     """
-    return apply_rope(x, -positions, inv_freq=inv_freq, attention_scaling=1.0 / attention_scaling)
+    if table is None:
+        return apply_rope(x, -positions, inv_freq=inv_freq, attention_scaling=1.0 / attention_scaling)
+    if x.dim() != 3 or positions.shape not in ((x.shape[1],), x.shape[:2]):
+        raise ValueError(f"x must be [heads, len, head_dim] and positions [len] or [heads, len]; got "
+                         f"{tuple(x.shape)}, {tuple(positions.shape)}")
+    c, s = (t.to(x.device) for t in table.half_cos_sin(positions))
+    half = x.shape[-1] // 2
+    xf = x.float()
+    x1, x2 = xf[..., :half], xf[..., half:]
+    return torch.cat((x1 * c + x2 * s, x2 * c - x1 * s), dim=-1).to(x.dtype)
+
+
+def inverse_rope_table(inv_freq: torch.Tensor, attention_scaling: float = 1.0) -> RopeTable:
+    """The shared table :func:`remove_rope` reads for keys rotated with ``inv_freq`` and ``attention_scaling``."""
+    return shared_rope_table(inv_freq, 1.0 / attention_scaling)
 
 
 def model_rope(config: object) -> tuple[torch.Tensor, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kvcache.decode_attention import dense_decode_attention
-from kvcache.decode_step import RopeSpec, group_decode
+from kvcache.decode_step import RopeSpec, advance, group_decode, pre_rope_rows
 from kvcache.head_policy import KvGroup
 from kvcache.params import ShadowKvParams, StreamingKvParams
 from kvcache.registry import StoreRegistry
@@ -59,3 +59,21 @@ def test_stale_store_is_rebuilt_from_context() -> None:
     keep = torch.cat((torch.arange(4), torch.arange(101 - 32, 101)))
     want = dense_decode_attention(q[100][[2, 3]], k[1:2, keep], v[1:2, keep], D**-0.5)
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_batch_of_pre_rope_keys_equals_each_row_and_feeds_advance_unchanged() -> None:
+    k, v, _ = _context(200, seed=2)
+    rows = [150, 37, 199]
+    batch = pre_rope_rows(k[:, rows].transpose(0, 1), rows, ROPE)  # [R, Hkv, D]
+    for i, pos in enumerate(rows):
+        assert torch.equal(batch[i], ROPE.unrotate(k[:, pos : pos + 1], torch.tensor([pos]))[:, 0])
+    group = KvGroup(ShadowKvParams(rank=8, budget=64, n_local=16, n_outlier_chunks=1), kv_heads=(0, 2), q_heads=(0, 1))
+    stores = {name: StoreRegistry() for name in ("given", "computed")}
+    for name, reg in stores.items():
+        for pos in range(150, 153):
+            k_pre = pre_rope_rows(k[:, pos : pos + 1].transpose(0, 1), [pos], ROPE)[0] if name == "given" else None
+            advance(reg, "r", (0, 0), group, k[:, pos], v[:, pos], pos, lambda pos=pos: (k[:, : pos + 1], v[:, : pos + 1]),
+                    ROPE, k_pre)
+    a, b = stores["given"].find("r", (0, 0)), stores["computed"].find("r", (0, 0))
+    assert a.seq_len == b.seq_len == 153
+    assert torch.equal(a.win_k_pre.view(), b.win_k_pre.view()) and torch.equal(a.win_k.view(), b.win_k.view())

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from kvcache.rope import RopeTable, apply_rope, rope_cos_sin, rope_inv_freq, shared_rope_table
+from kvcache.rope import (RopeTable, apply_rope, inverse_rope_table, remove_rope, rope_cos_sin, rope_inv_freq,
+                          shared_rope_table)
 
 
 def _direct(x: torch.Tensor, positions: list[int], theta: float) -> torch.Tensor:
@@ -87,3 +88,17 @@ def test_rope_table_gives_the_exact_rotation_grows_on_demand_and_is_shared() -> 
         table.cos_sin(torch.tensor([-1, 2]))
     assert shared_rope_table(inv_freq, scaling) is shared_rope_table(inv_freq.clone(), scaling)
     assert shared_rope_table(inv_freq, 1.0) is not shared_rope_table(inv_freq, scaling)
+
+
+@pytest.mark.parametrize("scaling", [1.0, 1.2, 0.7])
+def test_remove_rope_from_the_inverse_table_is_bitwise_the_computed_one(scaling: float) -> None:
+    inv_freq = rope_inv_freq(64, 100000.0) * 0.25
+    x = torch.randn(3, 4000, 64)
+    pos = torch.arange(4000) * 9  # up to 36K: angles of every size
+    want = remove_rope(x, pos, inv_freq=inv_freq, attention_scaling=scaling)
+    got = remove_rope(x, pos, inv_freq=inv_freq, attention_scaling=scaling, table=inverse_rope_table(inv_freq, scaling))
+    assert torch.equal(got, want)
+    back = apply_rope(got, pos, inv_freq=inv_freq, attention_scaling=scaling)
+    torch.testing.assert_close(back, x, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="positions"):
+        remove_rope(x, pos[:10], inv_freq=inv_freq, table=inverse_rope_table(inv_freq, scaling))
