@@ -50,55 +50,89 @@ static void matmul_rows(const float *coef, int64_t n, int rank, const float *b, 
     else matmul_rows_nv(coef, n, rank, b, x, d, d / VL);
 }
 
-/* Post-RoPE keys of compressed positions pos[0..n) into keys [n][d]: pre-RoPE key rebuilt from the
- * factors (rounded to the store dtype) or read from the pending rows, then rotated and rounded. */
-static void rebuilt_keys(const StepArgs *a, int h, const int64_t *pos, int64_t n, Work *w, float *keys) {
+/* Post-RoPE keys of compressed positions pos[0..n) into keys [n][d] of the store dtype: pre-RoPE
+ * key rebuilt from the factors (rounded to the store dtype) or read from the pending rows, then
+ * rotated and rounded (in w->rebuilt, float32). */
+static void rebuilt_keys(const StepArgs *a, int h, const int64_t *pos, int64_t n, Work *w, void *keys, int64_t at) {
     int d = a->d, half = d / 2;
+    float *x0 = w->rebuilt;
     int64_t n_low = 0; /* positions come chunk by chunk, ascending: the fitted ones first */
     while (n_low < n && pos[n_low] < a->n_fit) n_low++;
     for (int64_t i = 0; i < n_low; i++)
         load_row(a->factor_a, a->dtype, pos[i] * a->rank, a->rank, w->coef + i * a->rank);
-    matmul_rows(w->coef, n_low, a->rank, w->b, keys, d);
+    matmul_rows(w->coef, n_low, a->rank, w->b, x0, d);
     for (int64_t i = 0; i < n_low; i++)
-        for (int t = 0; t < d; t++) keys[i * d + t] = round_to(keys[i * d + t], a->dtype);
+        for (int t = 0; t < d; t++) x0[i * d + t] = round_to(x0[i * d + t], a->dtype);
     for (int64_t i = n_low; i < n; i++)
-        load_row(a->pending.ptr, a->dtype, h * a->pending.head_stride + (pos[i] - a->n_fit) * d, d, keys + i * d);
+        load_row(a->pending.ptr, a->dtype, h * a->pending.head_stride + (pos[i] - a->n_fit) * d, d, x0 + i * d);
     for (int64_t i = 0; i < n; i++) {
-        float *x = keys + i * d;
+        float *x = x0 + i * d;
         const float *cs = a->rope_cos + pos[i] * half, *sn = a->rope_sin + pos[i] * half;
         for (int t = 0; t < half; t++) {
             float x1 = x[t], x2 = x[t + half];
-            x[t] = round_to(x1 * cs[t] - x2 * sn[t], a->dtype);
-            x[t + half] = round_to(x2 * cs[t] + x1 * sn[t], a->dtype);
+            x[t] = x1 * cs[t] - x2 * sn[t];
+            x[t + half] = x2 * cs[t] + x1 * sn[t];
+        }
+        store_row(keys, a->dtype, (at + i) * d, d, x); /* rounds to the store dtype */
+    }
+}
+
+/* o_j [d] += sum_k p[j * p_stride + k] * vals_k for the g queries over n rows of the store dtype: VL
+ * rows at a time (widened once), each query's accumulators in o_j between blocks (the same sums, in
+ * the same order, as one pass per query). nv = d / VL and dtype are constants. */
+static inline __attribute__((always_inline)) void add_weighted_nv(const float *p, int64_t p_stride, int g,
+                                                                   const void *vals, int64_t n, int d, float *o,
+                                                                   const int dtype, const int nv) {
+    float blk[VL * 256];
+    for (int64_t i = 0; i < n; i += VL) {
+        int64_t cnt = n - i < VL ? n - i : VL;
+        const float *r = rows_f32(vals, i, cnt, d, blk, dtype, nv);
+        for (int j = 0; j < g; j++) {
+            vf acc[MAX_NV];
+            float *oj = o + (int64_t)j * d;
+            const float *pj = p + j * p_stride + i;
+            for (int t = 0; t < nv; t++) acc[t] = ld(oj + t * VL);
+            for (int64_t k = 0; k < cnt; k++) {
+                vf pk = splat(pj[k]);
+                for (int t = 0; t < nv; t++) acc[t] += pk * ld(r + k * d + t * VL);
+            }
+            for (int t = 0; t < nv; t++) st(oj + t * VL, acc[t]);
         }
     }
 }
 
-static inline __attribute__((always_inline)) void weighted_sum_nv(const float *p, const float *vals, int64_t m, int d,
-                                                                   float inv_z, float *o, const int nv) {
-    vf acc[MAX_NV];
-    for (int j = 0; j < nv; j++) acc[j] = (vf){0};
-    for (int64_t i = 0; i < m; i++) {
-        vf pi = splat(p[i]);
-        for (int j = 0; j < nv; j++) acc[j] += pi * ld(vals + i * d + VL * j);
+static void add_weighted(const float *p, int64_t p_stride, int g, const void *vals, int dtype, int64_t n, int d,
+                         float *o) {
+    if (dtype == BF16) {
+        if (d == 64) add_weighted_nv(p, p_stride, g, vals, n, 64, o, BF16, 64 / VL);
+        else if (d == 128) add_weighted_nv(p, p_stride, g, vals, n, 128, o, BF16, 128 / VL);
+        else add_weighted_nv(p, p_stride, g, vals, n, d, o, BF16, d / VL);
+    } else {
+        if (d == 64) add_weighted_nv(p, p_stride, g, vals, n, 64, o, F32, 64 / VL);
+        else if (d == 128) add_weighted_nv(p, p_stride, g, vals, n, 128, o, F32, 128 / VL);
+        else add_weighted_nv(p, p_stride, g, vals, n, d, o, F32, d / VL);
     }
-    for (int j = 0; j < nv; j++) st(o + VL * j, acc[j] * inv_z);
 }
 
-static void attend_rows(const StepArgs *a, int h, int64_t m, Work *w) {
+/* Exact softmax attention of the head's g queries over the rows of its spans (read in place). */
+static void attend_spans(const StepArgs *a, int h, const Span *spans, int64_t n_spans, int64_t m, Work *w) {
     int g = a->group, d = a->d;
-    if (m == 0) { memset(a->out + (int64_t)h * g * d, 0, sizeof(float) * (size_t)(g * d)); return; }
-    scaled_dots(a->q + (int64_t)h * g * d, g, w->keys, m, d, a->scale, w->logits, m);
+    float *out = a->out + (int64_t)h * g * d, inv_z[g];
+    const float *q = a->q + (int64_t)h * g * d;
+    memset(out, 0, sizeof(float) * (size_t)(g * d));
+    if (m == 0) return;
+    for (int64_t s = 0, at = 0; s < n_spans; at += spans[s++].rows)
+        scaled_dots(q, g, spans[s].k, a->dtype, spans[s].rows, d, a->scale, w->logits + at, m);
     for (int j = 0; j < g; j++) {
         float *lg = w->logits + j * m, mx = -INFINITY;
-        float *o = a->out + (int64_t)(h * g + j) * d;
         for (int64_t i = 0; i < m; i++) mx = lg[i] > mx ? lg[i] : mx;
         exp_shifted(lg, lg, m, mx);
-        float inv_z = 1.f / sum(lg, m);
-        if (d == 64) weighted_sum_nv(lg, w->vals, m, 64, inv_z, o, 64 / VL);
-        else if (d == 128) weighted_sum_nv(lg, w->vals, m, 128, inv_z, o, 128 / VL);
-        else weighted_sum_nv(lg, w->vals, m, d, inv_z, o, d / VL);
+        inv_z[j] = 1.f / sum(lg, m);
     }
+    for (int64_t s = 0, at = 0; s < n_spans; at += spans[s++].rows)
+        add_weighted(w->logits + at, m, g, spans[s].v, a->dtype, spans[s].rows, d, out);
+    for (int j = 0; j < g; j++)
+        for (int t = 0; t < d; t += VL) st(out + (int64_t)j * d + t, ld(out + (int64_t)j * d + t) * inv_z[j]);
 }
 
 static int gather_space(const StepArgs *a, int64_t C, int64_t m, int64_t n_sel, Work *w);
@@ -132,61 +166,53 @@ static int head_step(StepArgs *a, int h, int64_t C, Work *w) {
     /* factor_b's columns of this head as float32 [rank, d] */
     for (int r = 0; r < a->rank; r++)
         load_row(a->factor_b, a->dtype, (int64_t)r * a->hkv * d + (int64_t)h * d, d, w->b + (int64_t)r * d);
-    int64_t m = 0;
-    for (int64_t p = 0; p < sinks; p++, m++) {
-        load_row(a->sink_k.ptr, a->dtype, h * a->sink_k.head_stride + p * d, d, w->keys + m * d);
-        load_row(a->sink_v.ptr, a->dtype, h * a->sink_v.head_stride + p * d, d, w->vals + m * d);
-    }
+    /* the rows attended, as spans read in place: sinks, outlier chunks, selected chunks (keys rebuilt
+     * into w->keys, or, for chunks already resident with their keys, read there), the window */
+    size_t es = a->dtype == BF16 ? 2 : 4;
+#define AT(base, off) ((const char *)(base) + (size_t)(off) * es)
+    Span *sp = w->spans;
+    int64_t ns = 0, m = 0;
+    if (sinks) sp[ns++] = (Span){AT(a->sink_k.ptr, h * a->sink_k.head_stride), AT(a->sink_v.ptr, h * a->sink_v.head_stride), sinks};
     int64_t out_elems = (int64_t)a->n_outlier_chunks * ch * d;
     for (int i = 0; i < a->n_outlier_chunks; i++) {
         int64_t c = a->outliers[(int64_t)h * a->n_outlier_chunks + i];
-        for (int t = 0; t < ch; t++) {
-            if (c * ch + t < sinks || c * ch + t >= ws) continue;
-            int64_t off = h * out_elems + ((int64_t)i * ch + t) * d;
-            load_row(a->outlier_k, a->dtype, off, d, w->keys + m * d);
-            load_row(a->outlier_v, a->dtype, off, d, w->vals + m * d);
-            m++;
-        }
+        int64_t t0 = sink_overlap(c, ch, sinks), t1 = ws - c * ch < ch ? ws - c * ch : ch;
+        int64_t off = h * out_elems + ((int64_t)i * ch + t0) * d;
+        if (t1 > t0) sp[ns++] = (Span){AT(a->outlier_k, off), AT(a->outlier_v, off), t1 - t0};
     }
-    /* selected chunks: keys rebuilt (and kept in the resident tier when the chunk was just filled),
-     * or, for chunks already resident with their keys, read from there */
-    size_t es = a->dtype == BF16 ? 2 : 4;
-    int64_t first = m, n_sel = 0, slot_elems = (int64_t)ch * d;
+    int64_t n_sel = 0, slot_elems = (int64_t)ch * d;
     for (int64_t c = 0; c < C; c++) {
         int64_t slot = a->resident_v ? a->slot_of[(int64_t)h * a->slot_cols + c] : -1;
         if (!taken[c] || (a->resident_k && slot >= 0 && !w->fresh[c])) continue;
         for (int t = 0; t < ch; t++)
             if (c * ch + t >= sinks) w->pos[n_sel++] = c * ch + t;
     }
-    rebuilt_keys(a, h, w->pos, n_sel, w, w->keys + first * d);
-    for (int64_t i = 0; i < n_sel; i++, m++) {
-        int64_t p = w->pos[i], c = p / ch, t = p % ch;
+    rebuilt_keys(a, h, w->pos, n_sel, w, w->keys, 0);
+    for (int64_t i = 0, run; i < n_sel; i += run) { /* one span per chunk: its rebuilt keys, its values */
+        int64_t p = w->pos[i], c = p / ch;
+        for (run = 1; i + run < n_sel && w->pos[i + run] / ch == c; run++) {}
         int64_t slot = a->resident_v ? a->slot_of[(int64_t)h * a->slot_cols + c] : -1;
-        int64_t in_slot = ((int64_t)h * a->capacity + slot) * slot_elems + t * d;
+        int64_t in_slot = ((int64_t)h * a->capacity + slot) * slot_elems + (p % ch) * d;
         if (slot >= 0) {
-            load_row(a->resident_v, a->dtype, in_slot, d, w->vals + m * d);
-            if (a->resident_k) store_row(a->resident_k, a->dtype, in_slot, d, w->keys + m * d);
+            sp[ns++] = (Span){AT(w->keys, i * d), AT(a->resident_v, in_slot), run};
+            if (a->resident_k) copy_row(a->resident_k, w->keys, a->dtype, in_slot, i * d, (int)(run * d));
         } else {
-            load_row(a->offload_v.ptr, a->dtype, h * a->offload_v.head_stride + p * d, d, w->vals + m * d);
-            w->offload_bytes += (int64_t)d * (int64_t)es;
+            sp[ns++] = (Span){AT(w->keys, i * d), AT(a->offload_v.ptr, h * a->offload_v.head_stride + p * d), run};
+            w->offload_bytes += run * d * (int64_t)es;
         }
     }
     for (int64_t c = 0; a->resident_k && c < C; c++) {
         int64_t slot = a->slot_of[(int64_t)h * a->slot_cols + c];
         if (!taken[c] || slot < 0 || w->fresh[c]) continue;
-        for (int t = 0; t < ch; t++, m++) {
-            if (c * ch + t < sinks) { m--; continue; }
-            int64_t in_slot = ((int64_t)h * a->capacity + slot) * slot_elems + (int64_t)t * d;
-            load_row(a->resident_k, a->dtype, in_slot, d, w->keys + m * d);
-            load_row(a->resident_v, a->dtype, in_slot, d, w->vals + m * d);
-        }
+        int64_t skip = sink_overlap(c, ch, sinks);
+        int64_t in_slot = ((int64_t)h * a->capacity + slot) * slot_elems + skip * d;
+        sp[ns++] = (Span){AT(a->resident_k, in_slot), AT(a->resident_v, in_slot), ch - skip};
     }
-    for (int64_t i = 0; i < a->n_win; i++, m++) {
-        load_row(a->win_k.ptr, a->dtype, h * a->win_k.head_stride + i * d, d, w->keys + m * d);
-        load_row(a->win_v.ptr, a->dtype, h * a->win_v.head_stride + i * d, d, w->vals + m * d);
-    }
+    if (a->n_win) sp[ns++] = (Span){AT(a->win_k.ptr, h * a->win_k.head_stride), AT(a->win_v.ptr, h * a->win_v.head_stride), a->n_win};
+#undef AT
+    for (int64_t s = 0; s < ns; s++) m += sp[s].rows;
     a->positions[h] = m;
-    attend_rows(a, h, m, w);
+    attend_spans(a, h, sp, ns, m, w);
     return 0;
 }
 
@@ -196,8 +222,8 @@ typedef struct {
     size_t bytes;
 } Scratch;
 
-enum { S_RANK, S_CAND_EXP, S_LOGITS, S_CAND, S_IN_PREV, S_TOP, S_FRESH, S_OUTLIER, S_B, S_ROW, S_BLOCK,
-       S_KEYS, S_VALS, S_COEF, S_POS, S_COUNT };
+enum { S_RANK, S_CAND_EXP, S_LOGITS, S_CAND, S_IN_PREV, S_TOP, S_FRESH, S_OUTLIER, S_B, S_KEYS, S_SPANS,
+       S_REBUILT, S_COEF, S_POS, S_COUNT };
 
 /* Per thread, kept across calls (the OpenMP threads persist): a step allocates nothing once the
  * buffers have grown to the largest step seen, so no page faults or heap trims per call. */
@@ -227,21 +253,20 @@ static int selection_space(const StepArgs *a, int64_t C, Work *w) {
     w->fresh = (uint8_t *)reserve(S_FRESH, c1);
     w->outlier = (uint8_t *)reserve(S_OUTLIER, c1);
     w->b = (float *)reserve(S_B, sizeof(float) * (size_t)(a->rank + 1) * d);
-    w->row = (float *)reserve(S_ROW, sizeof(float) * d);
-    w->block = (float *)reserve(S_BLOCK, sizeof(float) * VL * d);
     return (w->rank_score && w->cand_exp && w->logits && w->cand && w->in_prev && w->top && w->fresh && w->outlier
-            && w->b && w->row && w->block) ? 0 : -2;
+            && w->b) ? 0 : -2;
 }
 
-/* The gather's scratch: m rows at most, n_sel of them rebuilt; 0, or -2. */
+/* The gather's scratch: m rows at most, n_sel of them rebuilt, in at most 3 + outliers + C spans; 0, or -2. */
 static int gather_space(const StepArgs *a, int64_t C, int64_t m, int64_t n_sel, Work *w) {
-    size_t d = (size_t)a->d, cols = (size_t)(C > m ? C : m) + 1;
+    size_t d = (size_t)a->d, cols = (size_t)(C > m ? C : m) + 1, es = a->dtype == BF16 ? 2 : 4;
     w->logits = (float *)reserve(S_LOGITS, sizeof(float) * (size_t)a->group * cols); /* landmark logits are spent */
-    w->keys = (float *)reserve(S_KEYS, sizeof(float) * (size_t)(m + 1) * d);
-    w->vals = (float *)reserve(S_VALS, sizeof(float) * (size_t)(m + 1) * d);
+    w->keys = reserve(S_KEYS, es * (size_t)(n_sel + 1) * d);
+    w->spans = (Span *)reserve(S_SPANS, sizeof(Span) * (size_t)(C + a->n_outlier_chunks + 3));
+    w->rebuilt = (float *)reserve(S_REBUILT, sizeof(float) * (size_t)(n_sel + 1) * d);
     w->coef = (float *)reserve(S_COEF, sizeof(float) * (size_t)(n_sel + 1) * (size_t)(a->rank + 1));
     w->pos = (int64_t *)reserve(S_POS, sizeof(int64_t) * (size_t)(n_sel + 1));
-    return (w->logits && w->keys && w->vals && w->coef && w->pos) ? 0 : -2;
+    return (w->logits && w->keys && w->spans && w->rebuilt && w->coef && w->pos) ? 0 : -2;
 }
 
 /* One head of one step: head_step on this thread's scratch, its counters added to the step's. */

@@ -14,13 +14,8 @@ void mark_outliers(const StepArgs *a, int h, int64_t C, Work *w) {
 
 void landmark_scores(const StepArgs *a, int h, int64_t C, Work *w) {
     int g = a->group, d = a->d;
-    const float *q = a->q + (int64_t)h * g * d;
-    for (int64_t c = 0; c < C; c += VL) { /* VL landmarks per block, as float32 */
-        int64_t n = C - c < VL ? C - c : VL;
-        for (int64_t k = 0; k < n; k++)
-            load_row(a->landmarks.ptr, a->dtype, h * a->landmarks.head_stride + (c + k) * d, d, w->block + k * d);
-        scaled_dots(q, g, w->block, n, d, a->scale, w->logits + c, C);
-    }
+    const void *marks = (const char *)a->landmarks.ptr + h * a->landmarks.head_stride * (a->dtype == BF16 ? 2 : 4);
+    scaled_dots(a->q + (int64_t)h * g * d, g, marks, a->dtype, C, d, a->scale, w->logits, C);
     for (int64_t c = 0; c < C; c++) w->rank_score[c] = -INFINITY;
     for (int j = 0; j < g; j++) {
         float *s = w->logits + j * C, m = -INFINITY, z = 0.f;

@@ -37,6 +37,12 @@ typedef struct {
 } StepArgs;
 
 /* ---- per head ------------------------------------------------------------------------------ */
+/* rows consecutive keys and values of the store dtype, read in place (from k and v) by the attention. */
+typedef struct Span {
+    const void *k, *v;
+    int64_t rows;
+} Span;
+
 /* Scratch of one head's step: pointers into the calling thread's buffers (compressed_attend.c),
  * which persist across calls and only grow. Sizes: C chunks, M gathered rows, S selected positions. */
 typedef struct {
@@ -49,9 +55,9 @@ typedef struct {
     uint8_t *fresh;     /* [C] chunks made resident this step */
     uint8_t *outlier;   /* [C] outlier chunks of this head */
     float *b;           /* [rank, d] this head's columns of factor_b */
-    float *row;         /* [d] */
-    float *block;       /* [16, d] */
-    float *keys, *vals; /* [M, d] (set after the selection) */
+    void *keys;         /* [S, d] rebuilt keys, store dtype (set after the selection) */
+    float *rebuilt;     /* [S, d] the same before rounding (idem) */
+    struct Span *spans; /* the rows attended (idem) */
     float *coef;        /* [S, rank] factor rows of the selected positions (idem) */
     int64_t *pos;       /* [S] selected compressed positions (idem) */
     int64_t offload_bytes, hits, misses, filled; /* this head's share of the StepArgs counters */

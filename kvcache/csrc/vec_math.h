@@ -116,34 +116,64 @@ static inline void hsum_lanes(const vf *x, float *out) {
     st(out, v[0]);
 }
 
-/* out[j * out_stride + i] = scale * (q_j . rows_i) for g queries q [g][d] and n rows [n][d]: VL
- * rows at a time, each block read from L1 by every query, their dots folded together. nv = d / VL
- * is a constant at the call sites below, so the compiler unrolls the row loops. */
-static inline __attribute__((always_inline)) void scaled_dots_nv(const float *q, int g, const float *rows, int64_t n,
+/* VL elements of a row of the store dtype at element offset i of base, as floats (bf16 widened in
+ * registers, exactly). dtype is a constant where it is inlined. */
+typedef uint16_t vhu __attribute__((vector_size(VL * 2), aligned(2)));
+static inline __attribute__((always_inline)) vf ld_as(const void *base, int64_t i, const int dtype) {
+    if (dtype == BF16) return (vf)(__builtin_convertvector(*(const vhu *)((const uint16_t *)base + i), vfi) << 16);
+    return ld((const float *)base + i);
+}
+
+/* Rows [i0, i0 + n) of the store dtype as float32: the rows themselves (float32), or widened into
+ * blk [n][d] (bfloat16; n <= VL, so blk stays in L1 while every query reads it). */
+static inline __attribute__((always_inline)) const float *rows_f32(const void *rows, int64_t i0, int64_t n, int d,
+                                                                   float *blk, const int dtype, const int nv) {
+    if (dtype != BF16) return (const float *)rows + i0 * d;
+    for (int64_t k = 0; k < n; k++)
+        for (int t = 0; t < nv; t++) st(blk + k * d + t * VL, ld_as(rows, (i0 + k) * d + t * VL, dtype));
+    return blk;
+}
+
+/* out[j * out_stride + i] = scale * (q_j . rows_i) for g float32 queries q [g][d] and n rows [n][d]
+ * of the store dtype: VL rows at a time (widened once), read from L1 by every query, their dots
+ * folded together. nv = d / VL and dtype are constants at the call sites (scaled_dots), so the
+ * compiler unrolls the row loops. */
+static inline __attribute__((always_inline)) void scaled_dots_nv(const float *q, int g, const void *rows, int64_t n,
                                                                  int d, float scale, float *out, int64_t out_stride,
-                                                                 const int nv) {
-    int64_t i = 0;
-    for (; i + VL <= n; i += VL)
+                                                                 const int dtype, const int nv) {
+    float blk[VL * 256];
+    for (int64_t i = 0; i < n; i += VL) {
+        int64_t cnt = n - i < VL ? n - i : VL;
+        const float *r = rows_f32(rows, i, cnt, d, blk, dtype, nv);
         for (int j = 0; j < g; j++) {
             const float *qj = q + (int64_t)j * d;
+            float *o = out + j * out_stride + i;
+            if (cnt < VL) {
+                for (int64_t k = 0; k < cnt; k++) o[k] = dot(qj, r + k * d, d) * scale;
+                continue;
+            }
             vf acc[VL];
             for (int k = 0; k < VL; k++) {
-                acc[k] = ld(qj) * ld(rows + (i + k) * d);
-                for (int t = 1; t < nv; t++) acc[k] += ld(qj + t * VL) * ld(rows + (i + k) * d + t * VL);
+                acc[k] = ld(qj) * ld(r + k * d);
+                for (int t = 1; t < nv; t++) acc[k] += ld(qj + t * VL) * ld(r + k * d + t * VL);
             }
-            float *o = out + j * out_stride + i;
             hsum_lanes(acc, o);
             for (int k = 0; k < VL; k++) o[k] *= scale;
         }
-    for (; i < n; i++)
-        for (int j = 0; j < g; j++) out[j * out_stride + i] = dot(q + (int64_t)j * d, rows + i * d, d) * scale;
+    }
 }
 
-static inline void scaled_dots(const float *q, int g, const float *rows, int64_t n, int d, float scale, float *out,
-                               int64_t out_stride) {
-    if (d == 64) scaled_dots_nv(q, g, rows, n, 64, scale, out, out_stride, 64 / VL);
-    else if (d == 128) scaled_dots_nv(q, g, rows, n, 128, scale, out, out_stride, 128 / VL);
-    else scaled_dots_nv(q, g, rows, n, d, scale, out, out_stride, d / VL);
+static inline void scaled_dots(const float *q, int g, const void *rows, int dtype, int64_t n, int d, float scale,
+                               float *out, int64_t out_stride) {
+    if (dtype == BF16) {
+        if (d == 64) scaled_dots_nv(q, g, rows, n, 64, scale, out, out_stride, BF16, 64 / VL);
+        else if (d == 128) scaled_dots_nv(q, g, rows, n, 128, scale, out, out_stride, BF16, 128 / VL);
+        else scaled_dots_nv(q, g, rows, n, d, scale, out, out_stride, BF16, d / VL);
+    } else {
+        if (d == 64) scaled_dots_nv(q, g, rows, n, 64, scale, out, out_stride, F32, 64 / VL);
+        else if (d == 128) scaled_dots_nv(q, g, rows, n, 128, scale, out, out_stride, F32, 128 / VL);
+        else scaled_dots_nv(q, g, rows, n, d, scale, out, out_stride, F32, d / VL);
+    }
 }
 
 static inline float sum(const float *x, int64_t n) {
