@@ -353,7 +353,7 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                 fail(row, request, exc)
             if window:
                 STORES.drop_history(request, layer_idx)  # the stores hold the sequence now
-        results = attend_all([(store, query[row.row, list(group.q_heads)]) for row, _, group, store in steps],
+        results = attend_all([(store, query[row.row, group.q_index]) for row, _, group, store in steps],
                              self.scale, threads=torch.get_num_threads())
         for (row, request, group, _), result in zip(steps, results):
             if row.row in failed:
@@ -362,7 +362,7 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                 fail(row, request, result)
                 continue
             out, st = result
-            output[row.row, list(group.q_heads)] = out.to(output.dtype)
+            output[row.row, group.q_index] = out.to(output.dtype)
             if stats is not None:
                 stats.add_kv(decode_steps=1, native_steps=int(st.native), positions_read=sum(st.positions),
                              offload_read_bytes=st.offload_bytes_read,

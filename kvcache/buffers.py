@@ -41,6 +41,10 @@ class TokenBuffer:
         """The live rows ``[H, len, W]`` (a view; do not keep it across appends)."""
         return self._data[:, self._start : self._start + self._len]
 
+    def rows_address(self) -> tuple[int, int]:
+        """The live rows as raw memory: address of head 0's first live row, and elements between heads (no view built)."""
+        return self._data.data_ptr() + self._start * self.width * self._data.element_size(), self._data.stride(0)
+
     def gather(self, heads: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rows ``[..., W]`` at live ``positions [...]`` of ``heads [...]`` (no copy of the whole buffer)."""
         flat = (heads * self._data.shape[1] + self._start + positions).reshape(-1).to(self.device)

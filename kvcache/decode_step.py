@@ -67,14 +67,14 @@ def advance(
     this token (called only when the store is (re)built). ``k_pre_new [Hkv, D]``: the token's
     pre-RoPE key where the caller has it already (:func:`pre_rope_rows`).
     """
-    kv = list(group.kv_heads)
+    kv = group.kv_index
     store = stores.find(request_id, key)
     if store is None or store.seq_len != position:
         k_all, v_all = read_context()
         k_all, v_all = k_all[kv], v_all[kv]
         positions = torch.arange(position + 1, device=k_all.device)
         k_pre = rope.unrotate(k_all, positions)
-        store = stores.create(request_id, key, group.params, len(kv), k_all.shape[-1], inv_freq=rope.inv_freq,
+        store = stores.create(request_id, key, group.params, len(group.kv_heads), k_all.shape[-1], inv_freq=rope.inv_freq,
                               attention_scaling=rope.attention_scaling, device=k_all.device, dtype=k_all.dtype)
         store.prefill(k_pre, k_all, v_all)
     else:
@@ -105,7 +105,7 @@ def group_decode(
     ``q [Hq, D]``: the layer's (local) query heads; the rest as :func:`advance`.
     """
     store = advance(stores, request_id, key, group, k_new, v_new, position, read_context, rope)
-    return store.attend(q[list(group.q_heads)], scale)
+    return store.attend(q[group.q_index], scale)
 
 
 def attend_all(steps: list[tuple[SequenceKvStore, torch.Tensor]], scale: float, threads: int = 1,

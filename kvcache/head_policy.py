@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from profiles.schema import KvChoice, Profile
 
@@ -49,6 +50,22 @@ class KvGroup:
     params: AnyKvParams
     kv_heads: tuple[int, ...]
     q_heads: tuple[int, ...]
+
+    @cached_property
+    def kv_index(self) -> slice | list[int]:
+        """Index of ``kv_heads`` along a head axis: a slice (a view, no copy) where they are consecutive."""
+        return _head_index(self.kv_heads)
+
+    @cached_property
+    def q_index(self) -> slice | list[int]:
+        """Index of ``q_heads`` along a head axis, as :attr:`kv_index`."""
+        return _head_index(self.q_heads)
+
+
+def _head_index(heads: tuple[int, ...]) -> slice | list[int]:
+    if heads and list(heads) == list(range(heads[0], heads[0] + len(heads))):
+        return slice(heads[0], heads[0] + len(heads))
+    return list(heads)
 
 
 def rank_kv_heads(q_heads: range, num_q_heads: int, num_kv_heads: int) -> list[int]:

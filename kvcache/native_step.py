@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .native import load_kernel
+from .buffers import TokenBuffer
 from .params import NosaKvParams
 
 if TYPE_CHECKING:
@@ -48,11 +49,9 @@ class _StepArgs(ctypes.Structure):
     ]
 
 
-def _rows(t: torch.Tensor) -> _HeadRows:
-    """``[H, L, D]`` with unit strides along ``L, D`` (a buffer's live rows) as pointer + head stride."""
-    if t.shape[1] > 1 and t.stride(1) != t.shape[2] or t.shape[2] > 1 and t.stride(2) != 1:
-        raise ValueError(f"rows must be contiguous within a head; strides {t.stride()}")
-    return _HeadRows(t.data_ptr(), t.stride(0))
+def _rows(buffer: TokenBuffer) -> _HeadRows:
+    """A buffer's live rows (contiguous within each head) as pointer + head stride."""
+    return _HeadRows(*buffer.rows_address())
 
 
 def _c(t: torch.Tensor) -> torch.Tensor:
@@ -85,9 +84,8 @@ def _prepare(store: SequenceKvStore, q: torch.Tensor, scale: float) -> _Call | N
     if not applies(store):
         return None
     p, hkv, d, ws = store.params, store.hkv, store.d, store.window_start
-    marks = store.landmarks.view()
     chunks = ws // p.chunk
-    if marks.shape[1] != chunks:
+    if len(store.landmarks) != chunks:
         return None
     qf = q.detach().to("cpu", torch.float32).contiguous()
     out = torch.empty_like(qf)
@@ -98,13 +96,13 @@ def _prepare(store: SequenceKvStore, q: torch.Tensor, scale: float) -> _Call | N
                   max_change=p.max_change if isinstance(p, NosaKvParams) else -1, budget=p.budget, n_sink=p.n_sink,
                   n_outlier_chunks=store.outliers.shape[1], seq_len=store.seq_len, window_start=ws,
                   n_win=len(store.win_k), n_sink_stored=len(store.sink_k), scale=scale,
-                  q=qf.data_ptr(), out=out.data_ptr(), landmarks=_rows(marks), outliers=_c(store.outliers).data_ptr(),
+                  q=qf.data_ptr(), out=out.data_ptr(), landmarks=_rows(store.landmarks), outliers=_c(store.outliers).data_ptr(),
                   outlier_k=_c(store.outlier_k).data_ptr(), outlier_v=_c(store.outlier_v).data_ptr(),
-                  pending=_rows(store.pending_pre.view()), n_pending=len(store.pending_pre),
+                  pending=_rows(store.pending_pre), n_pending=len(store.pending_pre),
                   rope_cos=cos.data_ptr(), rope_sin=sin.data_ptr(),
-                  sink_k=_rows(store.sink_k.view()), sink_v=_rows(store.sink_v.view()),
-                  win_k=_rows(store.win_k.view()), win_v=_rows(store.win_v.view()),
-                  offload_v=_rows(store.offload_v.view()), chunk_mask=mask.data_ptr(), positions=positions.data_ptr())
+                  sink_k=_rows(store.sink_k), sink_v=_rows(store.sink_v),
+                  win_k=_rows(store.win_k), win_v=_rows(store.win_v),
+                  offload_v=_rows(store.offload_v), chunk_mask=mask.data_ptr(), positions=positions.data_ptr())
     call = _Call(store, a, q.dtype, out, mask, positions, [qf, cos, sin])
     if store.factors is not None:
         a.factor_a, a.factor_b = _c(store.factors.a).data_ptr(), _c(store.factors.b).data_ptr()

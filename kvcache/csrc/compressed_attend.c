@@ -6,9 +6,10 @@
  * LRU, low-rank key rebuild + RoPE of the selected positions, values from the resident / offload
  * tiers, and exact softmax attention over selected + outliers + sinks + the local window.
  * Written for the ~15 small tensor passes the reference makes per step: here every selected
- * position is touched once, in float32, with no temporaries beyond one head's rows.
+ * position is touched once. Rows are read in place (spans: sinks, outlier chunks, resident chunks,
+ * the window), widened to float32 a block at a time; only rebuilt keys go through scratch.
  *
- * This file: key rebuild + RoPE, gathers, attention, one head's step and the batch entry point
+ * This file: key rebuild + RoPE, the spans, attention, one head's step and the batch entry point
  * (OpenMP); selection.c: scores, chunk selection and the LRU; step.h: the shared types.
  *
  * Rounding follows the reference: a rebuilt key is rounded to the store dtype, rotated in

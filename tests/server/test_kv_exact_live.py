@@ -54,8 +54,8 @@ def test_compressed_stores_released_after_abort_concurrency_and_100_requests(exa
         assert list(pool.map(lambda p: complete(exact_kv_server, p, max_tokens=8)[0], prompts)) == single
     before = metrics(exact_kv_server)
     requests = 100  # the issue: nothing leaks across 100 requests
-    for i in range(requests):
-        complete(exact_kv_server, document(16, f"seq{i}-"), max_tokens=2)  # ~300 tokens, one decode step
+    with cf.ThreadPoolExecutor(8) as pool:  # eight at a time: requests start and end while others decode
+        list(pool.map(lambda i: complete(exact_kv_server, document(16, f"seq{i}-"), max_tokens=2), range(requests)))
     after = settled_kv_gauges(exact_kv_server)
     assert counter(after, "kv_decode_steps_total") - counter(before, "kv_decode_steps_total") >= requests * 30
     assert counter(after, "kv_stores") == 0
