@@ -84,16 +84,15 @@ static void rebuilt_keys(const StepArgs *a, int h, const int64_t *pos, int64_t n
 static inline __attribute__((always_inline)) void add_weighted_nv(const float *p, int64_t p_stride, int g,
                                                                    const void *vals, int64_t n, int d, float *o,
                                                                    const int dtype, const int nv) {
-    float blk[VL * 256];
-    for (int64_t i = 0; i < n; i += VL) {
-        int64_t cnt = n - i < VL ? n - i : VL;
-        const float *r = rows_f32(vals, i, cnt, d, blk, dtype, nv);
+    RowBlocks b; /* not zero-initialized: blk is 8-16 KB */
+    b.rows = vals, b.n = n, b.i = b.cnt = 0;
+    for (const float *r; (r = next_block(&b, d, dtype, nv));) {
         for (int j = 0; j < g; j++) {
             vf acc[MAX_NV];
             float *oj = o + (int64_t)j * d;
-            const float *pj = p + j * p_stride + i;
+            const float *pj = p + j * p_stride + b.i;
             for (int t = 0; t < nv; t++) acc[t] = ld(oj + t * VL);
-            for (int64_t k = 0; k < cnt; k++) {
+            for (int64_t k = 0; k < b.cnt; k++) {
                 vf pk = splat(pj[k]);
                 for (int t = 0; t < nv; t++) acc[t] += pk * ld(r + k * d + t * VL);
             }

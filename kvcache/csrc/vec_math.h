@@ -124,14 +124,24 @@ static inline __attribute__((always_inline)) vf ld_as(const void *base, int64_t 
     return ld((const float *)base + i);
 }
 
-/* Rows [i0, i0 + n) of the store dtype as float32: the rows themselves (float32), or widened into
- * blk [n][d] (bfloat16; n <= VL, so blk stays in L1 while every query reads it). */
-static inline __attribute__((always_inline)) const float *rows_f32(const void *rows, int64_t i0, int64_t n, int d,
-                                                                   float *blk, const int dtype, const int nv) {
-    if (dtype != BF16) return (const float *)rows + i0 * d;
-    for (int64_t k = 0; k < n; k++)
-        for (int t = 0; t < nv; t++) st(blk + k * d + t * VL, ld_as(rows, (i0 + k) * d + t * VL, dtype));
-    return blk;
+/* Blocks of up to VL consecutive rows [i, i + cnt) of n rows [n][d] of the store dtype, as float32:
+ * the rows themselves (float32), or widened into blk (bfloat16; in L1 while every query reads it). */
+typedef struct {
+    const void *rows;
+    int64_t n, i, cnt;
+    float blk[VL * 256];
+} RowBlocks;
+
+/* The next block of b as float32 rows (b->i, b->cnt say which), or NULL after the last one. */
+static inline __attribute__((always_inline)) const float *next_block(RowBlocks *b, int d, const int dtype,
+                                                                     const int nv) {
+    b->i += b->cnt;
+    if (b->i >= b->n) return NULL;
+    b->cnt = b->n - b->i < VL ? b->n - b->i : VL;
+    if (dtype != BF16) return (const float *)b->rows + b->i * d;
+    for (int64_t k = 0; k < b->cnt; k++)
+        for (int t = 0; t < nv; t++) st(b->blk + k * d + t * VL, ld_as(b->rows, (b->i + k) * d + t * VL, dtype));
+    return b->blk;
 }
 
 /* out[j * out_stride + i] = scale * (q_j . rows_i) for g float32 queries q [g][d] and n rows [n][d]
@@ -141,10 +151,10 @@ static inline __attribute__((always_inline)) const float *rows_f32(const void *r
 static inline __attribute__((always_inline)) void scaled_dots_nv(const float *q, int g, const void *rows, int64_t n,
                                                                  int d, float scale, float *out, int64_t out_stride,
                                                                  const int dtype, const int nv) {
-    float blk[VL * 256];
-    for (int64_t i = 0; i < n; i += VL) {
-        int64_t cnt = n - i < VL ? n - i : VL;
-        const float *r = rows_f32(rows, i, cnt, d, blk, dtype, nv);
+    RowBlocks b; /* not zero-initialized: blk is 8-16 KB */
+    b.rows = rows, b.n = n, b.i = b.cnt = 0;
+    for (const float *r; (r = next_block(&b, d, dtype, nv));) {
+        int64_t i = b.i, cnt = b.cnt;
         for (int j = 0; j < g; j++) {
             const float *qj = q + (int64_t)j * d;
             float *o = out + j * out_stride + i;
