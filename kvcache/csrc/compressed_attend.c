@@ -201,9 +201,11 @@ static int head_step(StepArgs *a, int h, int64_t C, Work *w) {
             w->offload_bytes += run * d * (int64_t)es;
         }
     }
-    for (int64_t c = 0; a->resident_k && c < C; c++) {
-        int64_t slot = a->slot_of[(int64_t)h * a->slot_cols + c];
-        if (!taken[c] || slot < 0 || w->fresh[c]) continue;
+    /* resident chunks in slot order: ascending addresses, which the hardware prefetcher follows */
+    const int64_t *slot_chunk = a->resident_k ? a->slot_chunk + (int64_t)h * a->capacity : NULL;
+    for (int64_t slot = 0; a->resident_k && slot < a->capacity; slot++) {
+        int64_t c = slot_chunk[slot];
+        if (c < 0 || c >= C || !taken[c] || w->fresh[c]) continue;
         int64_t skip = sink_overlap(c, ch, sinks);
         int64_t in_slot = ((int64_t)h * a->capacity + slot) * slot_elems + skip * d;
         sp[ns++] = (Span){AT(a->resident_k, in_slot), AT(a->resident_v, in_slot), ch - skip};
