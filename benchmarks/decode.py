@@ -24,7 +24,10 @@ Rows, per context and batch:
 * ``max_concurrent_dense`` / ``max_concurrent_ours``: requests of this context, decoding, that
   fit in the fixed pool of ``--kv-cache-memory-bytes``: its bytes over the bytes one request
   holds there (ours: vLLM's blocks plus its stores' pool tier);
-* ``offload_bytes_per_token``: bytes read from the offload tier per generated token.
+* ``offload_bytes_per_token``: bytes read from the offload tier per generated token;
+* ``host_read_gbs_dense`` / ``host_read_gbs_ours``: the host's memory-read speed just before and
+  just after that mode's batch (:mod:`benchmarks.host_probe`): where the two modes' figures differ,
+  the host moved between them and the speedup carries that drift.
 
     python benchmarks/decode.py --contexts 8192,16384,32768 --batch 1,8 --json out.json
 """
@@ -48,6 +51,7 @@ from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.host_probe import host_read_gbs  # noqa: E402
 from benchmarks.kv_shape import KvShape  # noqa: E402
 from benchmarks.ttft import prompt_of, shipped_profile_for  # noqa: E402
 from profiles.schema import KvChoice, load_profile, save_profile  # noqa: E402
@@ -207,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     measured: dict[str, dict[tuple[int, int], tuple[float, dict, dict]]] = {}
     windows: dict[str, tuple[int, int]] = {}
     compressed_heads = 0.0
+    probes: dict[tuple[str, int, int], list[float]] = {}
     for mode in args.modes.split(","):
         print(f"{mode}: starting server ({model.name}, {dtype}, profile {profile_path.name})", flush=True)
         proc, server = start_server(model, work / f"{mode}.log", *common, *flags[mode], api_key=None)
@@ -223,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
                     client_of(server).completions.create(model=server.model, prompt=docs[n], max_tokens=1)
                     print(f"  context {n}: document prefilled in {time.perf_counter() - t0:.1f} s", flush=True)
                 for b in batches:
+                    probe = host_read_gbs()
                     rate, delta, peaks = run_batch(server, [docs[n] + s for s in suffixes[:b]], args.tokens)
+                    probes[(mode, n, b)] = [probe, host_read_gbs()]
                     if mode == "ours" and not delta.get("kv_decode_steps"):
                         raise RuntimeError("ours ran no compressed decode step: is the context below --kv-threshold?")
                     measured[mode][(n, b)] = (rate, delta, peaks)
-                    print(f"  context {n} batch {b}: {rate:.2f} tok/s; kv {delta}; peaks {peaks}", flush=True)
+                    print(f"  context {n} batch {b}: {rate:.2f} tok/s; kv {delta}; peaks {peaks}; "
+                          f"host read GB/s before/after {probes[(mode, n, b)]}", flush=True)
         finally:
             stop_server(proc)
     rows = []
@@ -253,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["kv_errors"] = int(delta.get("kv_errors", 0) + delta.get("kv_unknown_request", 0))
             for mode in measured:
                 row[f"max_concurrent_{mode}"] = args.kv_cache_memory_bytes // held[mode]
+            for mode in measured:
+                row[f"host_read_gbs_{mode}"] = probes[(mode, n, b)]
             rows.append(row)
     keys = list(dict.fromkeys(k for row in rows for k in row))
     print("\n" + " | ".join(keys))
