@@ -11,6 +11,7 @@ import uvicorn
 from server.admission import Admission
 from server.app import create_app
 from server.engine import Engine, served_name
+from server.listen import bind_listen_socket
 from server.metrics import ServerMetrics
 from server.model_prep import ensure_model
 from server.sparse_setup import SparseSetupError, arm
@@ -28,6 +29,7 @@ async def _serve(settings: ServerSettings) -> None:
     if not (model_dir / "config.json").is_file():
         raise SystemExit(f"sparse-serve: {model_dir} is not a Hugging Face model folder "
                          "(no config.json)")
+    listen = bind_listen_socket(settings.host, settings.port)  # before the engine: fail fast, hold the port
     try:
         sparse = arm(settings, model_dir)
     except (ProfileError, SparseSetupError) as exc:
@@ -56,7 +58,7 @@ async def _serve(settings: ServerSettings) -> None:
                 engine.model_id, settings.host, settings.port, time.perf_counter() - t0,
                 "required" if api_key else "off")
     try:
-        await server.serve()
+        await server.serve(sockets=[listen])
     finally:
         engine.shutdown()
         if sparse is not None:

@@ -1,0 +1,31 @@
+"""The HTTP listening socket, bound before the engine starts.
+
+Binding first means a taken port fails at once with a clear message (instead of after the engine's
+start, tens of seconds to minutes), and that no other process (another server, an ephemeral port
+the engine's own workers pick) can take the port while the engine loads. uvicorn then serves on
+this socket.
+"""
+
+from __future__ import annotations
+
+import socket
+
+
+def bind_listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (IPv4 or IPv6, ``SO_REUSEADDR``); uvicorn starts listening on it.
+
+    Raises ``SystemExit`` with the address and the reason when the address cannot be bound.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise SystemExit(f"sparse-serve: cannot resolve --host {host!r}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"sparse-serve: cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
