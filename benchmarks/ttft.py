@@ -6,7 +6,9 @@ the longest length; the shipped profile calibrated on that variant is used, else
 re-bound to the extended model's fingerprint (an approximation, printed). For every length, a
 fresh synthetic document of exactly that many prompt tokens (prefix caching off) is sent with ``max_tokens=1`` and the client measures the
 first streamed token. Rows: ``seq_len, dense_ttft_s, sparse_ttft_s, speedup``, plus whether
-both runs answered the document's retrieval question the same way.
+both runs answered the document's retrieval question the same way, and ``host_read_gbs_<mode>``:
+the host's memory-read speed before and after that mode's prompts (:mod:`benchmarks.host_probe`;
+where the modes' figures differ, the host moved between them and the speedup carries that drift).
 
     python benchmarks/ttft.py --lengths 16384,32768,65536 --json out.json
 """
@@ -26,6 +28,7 @@ from transformers import AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attention_backends.synthetic_doc import generate_document  # noqa: E402
+from benchmarks.host_probe import host_read_gbs  # noqa: E402
 from benchmarks.kv_shape import KvShape  # noqa: E402
 from profiles.schema import fingerprint_from_dir, load_profile, save_profile  # noqa: E402
 from profiles.variants import transfer  # noqa: E402
@@ -106,12 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     flags = {"dense": ["--no-sparse"], "sparse": ["--profile", str(profile)]}
     if args.threshold is not None:
         flags["sparse"] += ["--sparse-threshold", str(args.threshold)]
-    results = {}
+    results, probes = {}, {}
     for mode in args.modes.split(","):
         print(f"{mode}: starting server ({model.name}, {args.dtype})", flush=True)
         proc, server = start_server(model, work / f"{mode}.log", *common, *flags[mode], api_key=None)
         try:
+            probe = host_read_gbs()
             results[mode] = measure(server, {n: ids for n, (ids, _) in prompts.items()}, args.answer_tokens)
+            probes[mode] = [probe, host_read_gbs()]
+            print(f"  host read GB/s before/after: {probes[mode]}", flush=True)
         finally:
             stop_server(proc)
     rows = []
@@ -123,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if "dense" in results and "sparse" in results:
             row["speedup"] = round(results["dense"][n][0] / results["sparse"][n][0], 2)
             row["same_answer"] = results["dense"][n][1] == results["sparse"][n][1]
+        for mode in results:
+            row[f"host_read_gbs_{mode}"] = probes[mode]
         rows.append(row)
     print("\n" + " | ".join(rows[0]))
     for row in rows:

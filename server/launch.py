@@ -25,11 +25,12 @@ logger = logging.getLogger(__name__)
 
 async def _serve(settings: ServerSettings) -> None:
     t0 = time.perf_counter()
+    # first of all (model preparation can take minutes, the engine more): fail fast, hold the port
+    listen = bind_listen_socket(settings.host, settings.port)
     model_dir = settings.model or ensure_model(settings.cache_dir)
     if not (model_dir / "config.json").is_file():
         raise SystemExit(f"sparse-serve: {model_dir} is not a Hugging Face model folder "
                          "(no config.json)")
-    listen = bind_listen_socket(settings.host, settings.port)  # before the engine: fail fast, hold the port
     try:
         sparse = arm(settings, model_dir)
     except (ProfileError, SparseSetupError) as exc:

@@ -1,9 +1,11 @@
 """The HTTP listening socket, bound before the engine starts.
 
 Binding first means a taken port fails at once with a clear message (instead of after the engine's
-start, tens of seconds to minutes), and that no other process (another server, an ephemeral port
-the engine's own workers pick) can take the port while the engine loads. uvicorn then serves on
-this socket.
+start, tens of seconds to minutes), and that the port stays ours while the engine loads: the kernel
+picks no ephemeral port that is bound, and a server binding without ``SO_REUSEADDR`` fails. (A
+process that also sets ``SO_REUSEADDR`` could still bind it and listen first; this socket starts
+listening only when uvicorn serves, so that clients see "connection refused", not a hang, while
+the engine loads.) uvicorn then serves on this socket.
 """
 
 from __future__ import annotations
