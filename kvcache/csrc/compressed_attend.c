@@ -18,31 +18,41 @@
  */
 #include "step.h"
 
-/* rows x [n][d] += coef [n][rank] @ b [rank][d], two rows at a time in registers (nv = d / VL). */
-static inline __attribute__((always_inline)) void matmul_rows_nv(const float *coef, int64_t n, int rank, const float *b,
-                                                                  float *x, int d, const int nv) {
+/* Columns [0, tv * VL) of rows x [n][d] = coef [n][rank] @ b [rank][d] (b and x start at the tile's first
+ * column): two rows at a time, 2 * tv accumulators plus two broadcasts held in registers. */
+static inline __attribute__((always_inline)) void matmul_tile(const float *coef, int64_t n, int rank, const float *b,
+                                                               float *x, int d, const int tv) {
     int64_t i = 0;
     for (; i + 2 <= n; i += 2) {
         vf acc0[MAX_NV], acc1[MAX_NV];
-        for (int j = 0; j < nv; j++) acc0[j] = acc1[j] = (vf){0};
+        for (int j = 0; j < tv; j++) acc0[j] = acc1[j] = (vf){0};
         const float *c0 = coef + i * rank, *c1 = c0 + rank;
         for (int r = 0; r < rank; r++) {
             vf s0 = splat(c0[r]), s1 = splat(c1[r]);
-            for (int j = 0; j < nv; j++) {
+            for (int j = 0; j < tv; j++) {
                 vf bj = ld(b + (int64_t)r * d + VL * j);
                 acc0[j] += s0 * bj;
                 acc1[j] += s1 * bj;
             }
         }
-        for (int j = 0; j < nv; j++) { st(x + i * d + VL * j, acc0[j]); st(x + (i + 1) * d + VL * j, acc1[j]); }
+        for (int j = 0; j < tv; j++) { st(x + i * d + VL * j, acc0[j]); st(x + (i + 1) * d + VL * j, acc1[j]); }
     }
     for (; i < n; i++) {
         vf acc[MAX_NV];
-        for (int j = 0; j < nv; j++) acc[j] = (vf){0};
+        for (int j = 0; j < tv; j++) acc[j] = (vf){0};
         for (int r = 0; r < rank; r++)
-            for (int j = 0; j < nv; j++) acc[j] += splat(coef[i * rank + r]) * ld(b + (int64_t)r * d + VL * j);
-        for (int j = 0; j < nv; j++) st(x + i * d + VL * j, acc[j]);
+            for (int j = 0; j < tv; j++) acc[j] += splat(coef[i * rank + r]) * ld(b + (int64_t)r * d + VL * j);
+        for (int j = 0; j < tv; j++) st(x + i * d + VL * j, acc[j]);
     }
+}
+
+/* rows x [n][d] = coef [n][rank] @ b [rank][d] (nv = d / VL), in column tiles of at most 4 vectors: two
+ * rows of a whole 64-wide row on AVX2 would need 16 accumulators, all 16 ymm registers, and spill. Each
+ * element is the same sum in the same order whatever the tiling. */
+static inline __attribute__((always_inline)) void matmul_rows_nv(const float *coef, int64_t n, int rank, const float *b,
+                                                                  float *x, int d, const int nv) {
+    const int tv = nv % 4 == 0 ? 4 : nv % 2 == 0 ? 2 : 1;
+    for (int j0 = 0; j0 < nv; j0 += tv) matmul_tile(coef, n, rank, b + VL * j0, x + VL * j0, d, tv);
 }
 
 static void matmul_rows(const float *coef, int64_t n, int rank, const float *b, float *x, int d) {
