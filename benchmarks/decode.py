@@ -56,6 +56,7 @@ from benchmarks.kv_shape import KvShape  # noqa: E402
 from benchmarks.ttft import prompt_of, shipped_profile_for  # noqa: E402
 from profiles.schema import KvChoice, load_profile, save_profile  # noqa: E402
 from profiles.variants import with_kv  # noqa: E402
+from kvcache.params import parse_kv_params  # noqa: E402
 from server.cpu_host import cpu_flags, resolve_dtype  # noqa: E402
 from server.model_prep import ensure_model  # noqa: E402
 from server.rope_variant import yarn_variant  # noqa: E402
@@ -179,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="auto", help="server --dtype (auto: float32 on CPUs without native bf16)")
     ap.add_argument("--kv", default="profile", choices=["profile", "shadowkv", "nosa", "streaming"],
                     help="KV policies of ours: the profile's measured ones, or one policy (defaults) on every head")
+    ap.add_argument("--kv-params", type=json.loads, default={},
+                    help='with --kv POLICY: JSON of that policy\'s parameters, e.g. \'{"offload_keys": true}\' for nosa')
     ap.add_argument("--kv-cache-memory-bytes", type=int, default=5 << 30, help="vLLM's KV pool size (both modes)")
     ap.add_argument("--kv-window-layers", action="store_true",
                     help="ours: sliding-window KV spec for the layers whose KV heads are all compressed")
@@ -193,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="decode-"))
     profile_path = shipped_profile_for(model, work / "profile.json")
     if args.kv != "profile":
-        save_profile(with_kv(load_profile(profile_path), KvChoice(policy=args.kv)), work / "kv.json")
+        parse_kv_params({"policy": args.kv, **args.kv_params})  # a wrong name or value fails here, not in the server
+        choice = KvChoice(policy=args.kv, params={k: float(v) for k, v in args.kv_params.items()})
+        save_profile(with_kv(load_profile(profile_path), choice), work / "kv.json")
         profile_path = work / "kv.json"
     # every request: the shared document, a distinct short suffix, then `tokens` generated, within the context
     suffixes = [tokenizer.encode(f" #{i}", add_special_tokens=False) for i in range(max(batches))]

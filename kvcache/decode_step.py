@@ -22,6 +22,7 @@ from .head_policy import KvGroup
 from .registry import StoreRegistry
 from .rope import RopeTable, inverse_rope_table, remove_rope
 from .native_step import attend_native_many
+from .params import low_rank_keys
 from .store import DecodeStats, SequenceKvStore
 
 
@@ -73,7 +74,7 @@ def advance(
         k_all, v_all = read_context()
         k_all, v_all = k_all[kv], v_all[kv]
         positions = torch.arange(position + 1, device=k_all.device)
-        k_pre = rope.unrotate(k_all, positions)
+        k_pre = rope.unrotate(k_all, positions) if low_rank_keys(group.params) else k_all  # unread otherwise
         store = stores.create(request_id, key, group.params, len(group.kv_heads), k_all.shape[-1], inv_freq=rope.inv_freq,
                               attention_scaling=rope.attention_scaling, device=k_all.device, dtype=k_all.dtype)
         store.prefill(k_pre, k_all, v_all)

@@ -2,7 +2,7 @@
 
 :func:`attend_native` hands the kernel pointers into the store's own tensors (no copies: every
 buffer's live rows are addressed through its head stride), runs one step (selection, NOSA
-resident LRU, key rebuild + RoPE, exact attention) and applies its results to the store (the
+resident LRU, key rebuild + RoPE or exact offloaded keys, exact attention) and applies its results to the store (the
 NOSA chunk set, the LRU counters). It returns ``None`` where the kernel does not apply (not a
 CPU store, a dtype other than float32/bfloat16, no kernel built); the caller then runs the
 PyTorch path, which computes the same.
@@ -43,7 +43,7 @@ class _StepArgs(ctypes.Structure):
         ("scale", ctypes.c_float), ("q", _ptr), ("out", _ptr), ("landmarks", _HeadRows), ("outliers", _ptr),
         ("outlier_k", _ptr), ("outlier_v", _ptr), ("factor_a", _ptr), ("factor_b", _ptr), ("pending", _HeadRows),
         ("rope_cos", _ptr), ("rope_sin", _ptr), ("sink_k", _HeadRows), ("sink_v", _HeadRows), ("win_k", _HeadRows),
-        ("win_v", _HeadRows), ("offload_v", _HeadRows), ("previous", _ptr), ("chunk_mask", _ptr), ("slot_of", _ptr),
+        ("win_v", _HeadRows), ("offload_v", _HeadRows), ("offload_k", _HeadRows), ("previous", _ptr), ("chunk_mask", _ptr), ("slot_of", _ptr),
         ("slot_chunk", _ptr), ("last_used", _ptr), ("resident_v", _ptr), ("resident_k", _ptr), ("positions", _ptr),
         ("offload_bytes", _i64), ("hits", _i64), ("misses", _i64), ("filled", _i64),
     ]
@@ -104,6 +104,8 @@ def _prepare(store: SequenceKvStore, q: torch.Tensor, scale: float) -> _Call | N
                   win_k=_rows(store.win_k), win_v=_rows(store.win_v),
                   offload_v=_rows(store.offload_v), chunk_mask=mask.data_ptr(), positions=positions.data_ptr())
     call = _Call(store, a, q.dtype, out, mask, positions, [qf, cos, sin])
+    if store.offload_k is not None:
+        a.offload_k = _rows(store.offload_k)
     if store.factors is not None:
         a.factor_a, a.factor_b = _c(store.factors.a).data_ptr(), _c(store.factors.b).data_ptr()
         a.rank, a.n_fit = store.factors.rank, store.n_fit

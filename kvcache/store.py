@@ -19,7 +19,8 @@ the local window (:func:`kvcache.selection.local_start`):
 (:class:`kvcache.resident.ResidentChunks`, LRU) and, with ``resident_keys``, their rebuilt
 post-RoPE keys; a decode step copies only the selected chunks that are not resident from the
 offload tier, and reads the others from the pool. A refit evicts the tier (its keys came from the
-old fit).
+old fit). ``nosa`` with ``offload_keys`` keeps no factors, pending or pre-RoPE window keys: the
+exact post-RoPE keys of ``[0, W)`` go to the offload tier with the values, and a miss copies both.
 
 Compressed stores on the CPU run :meth:`SequenceKvStore.attend` through the C kernel
 (:mod:`kvcache.native_step`); :meth:`SequenceKvStore.attend_reference` is the same step in PyTorch.
@@ -41,7 +42,7 @@ from .landmarks import chunk_landmarks, chunk_positions, outlier_chunks
 from .lowrank import LowRankKeys, fit_lowrank, rebuild
 from .native_step import attend_native
 from .nosa import nosa_select_positions
-from .params import FullKvParams, NosaKvParams, ShadowKvParams, StreamingKvParams
+from .params import FullKvParams, NosaKvParams, ShadowKvParams, StreamingKvParams, low_rank_keys
 from .resident import ResidentChunks
 from .rope import apply_rope, rope_inv_freq, shared_rope_table
 from .selection import local_start, select_positions
@@ -86,6 +87,8 @@ class SequenceKvStore:
         inv_freq = (rope_inv_freq(head_dim, theta) if inv_freq is None else inv_freq).to(self.device)
         self.rope = shared_rope_table(inv_freq, attention_scaling)
         self.compressed = isinstance(params, ShadowKvParams)
+        self.offload_keys = isinstance(params, NosaKvParams) and params.offload_keys
+        self.low_rank = low_rank_keys(params)  # keys of [0, W) from the factors (else exact, offloaded)
         if isinstance(params, ShadowKvParams):
             self.chunk, self.n_sink, self.n_local = params.chunk, params.n_sink, params.n_local
         elif isinstance(params, StreamingKvParams):
@@ -95,12 +98,14 @@ class SequenceKvStore:
         pool = dict(dtype=dtype, device=self.device)
         self.win_k = TokenBuffer(num_kv_heads, head_dim, **pool)
         self.win_v = TokenBuffer(num_kv_heads, head_dim, **pool)
-        self.win_k_pre = TokenBuffer(num_kv_heads, head_dim, **pool) if self.compressed else None
+        self.win_k_pre = TokenBuffer(num_kv_heads, head_dim, **pool) if self.low_rank else None
         self.sink_k = TokenBuffer(num_kv_heads, head_dim, **pool)
         self.sink_v = TokenBuffer(num_kv_heads, head_dim, **pool)
         self.landmarks = TokenBuffer(num_kv_heads, head_dim, **pool)
         self.pending_pre = TokenBuffer(num_kv_heads, head_dim, **pool)
-        self.offload_v = TokenBuffer(num_kv_heads, head_dim, dtype=dtype, device="cpu", pinned=offload_device_pinned())
+        offload = dict(dtype=dtype, device="cpu", pinned=offload_device_pinned())
+        self.offload_v = TokenBuffer(num_kv_heads, head_dim, **offload)
+        self.offload_k = TokenBuffer(num_kv_heads, head_dim, **offload) if self.offload_keys else None
         self.factors: LowRankKeys | None = None
         self._no_outliers()
         self.seq_len = 0
@@ -108,7 +113,8 @@ class SequenceKvStore:
         self.n_fit = 0
         self.previous_chunks: torch.Tensor | None = None
         self.cache = (
-            ResidentChunks(num_kv_heads, params.resident_chunks, params.chunk * head_dim * dtype.itemsize, self.device)
+            ResidentChunks(num_kv_heads, params.resident_chunks,
+                           (2 if self.offload_keys else 1) * params.chunk * head_dim * dtype.itemsize, self.device)
             if isinstance(params, NosaKvParams)
             else None
         )
@@ -122,14 +128,15 @@ class SequenceKvStore:
 
     # ---- filling -------------------------------------------------------------------------
     def prefill(self, k_pre_rope: torch.Tensor, k_post_rope: torch.Tensor, v: torch.Tensor) -> None:
-        """Take the prompt's KV ``[Hkv, N0, D]`` (a fresh store only)."""
+        """Take the prompt's KV ``[Hkv, N0, D]`` (a fresh store only; ``k_pre_rope`` is unused unless :attr:`low_rank`)."""
         if self.seq_len:
             raise RuntimeError("prefill on a store that already holds a sequence (free() it or make a new one)")
         n = k_post_rope.shape[1]
         if self.compressed and n:
             p = self.params
-            self.factors = fit_lowrank(k_pre_rope.to(self.device, self.dtype), p.rank)
-            self.n_fit = n
+            if self.low_rank:
+                self.factors = fit_lowrank(k_pre_rope.to(self.device, self.dtype), p.rank)
+                self.n_fit = n
             start = local_start(n, self.n_local, self.chunk)
             if start:
                 self.landmarks.append(chunk_landmarks(k_post_rope[:, :start], self.chunk))
@@ -139,6 +146,8 @@ class SequenceKvStore:
             self.outlier_k = k_post_rope.gather(1, idx).to(self.device, self.dtype)
             self.outlier_v = v.gather(1, idx).to(self.device, self.dtype)
             self.offload_v.append(v[:, :start])
+            if self.offload_k is not None:
+                self.offload_k.append(k_post_rope[:, :start])
             s = min(self.n_sink, start)
             self.sink_k.append(k_post_rope[:, :s])
             self.sink_v.append(v[:, :s])
@@ -148,7 +157,10 @@ class SequenceKvStore:
         self.append(k_pre_rope, k_post_rope, v)
 
     def append(self, k_pre_rope_new: torch.Tensor, k_post_rope_new: torch.Tensor, v_new: torch.Tensor) -> None:
-        """Add ``T`` decoded tokens ``[Hkv, T, D]`` to the window; chunks leaving the window are compressed (or dropped)."""
+        """Add ``T`` decoded tokens ``[Hkv, T, D]`` to the window; chunks leaving the window are compressed (or dropped).
+
+        ``k_pre_rope_new`` is read only by a :attr:`low_rank` store (others may pass the post-RoPE keys).
+        """
         t = k_post_rope_new.shape[1]
         first_new = self.seq_len
         self.win_k.append(k_post_rope_new)
@@ -163,7 +175,7 @@ class SequenceKvStore:
         target = local_start(self.seq_len, self.n_local, self.chunk)
         if target > self.window_start:
             self._evict(target - self.window_start)
-            every = self.params.refit_every if self.compressed else 0
+            every = self.params.refit_every if self.low_rank else 0
             if every and len(self.pending_pre) >= every:
                 self.refit()
 
@@ -173,6 +185,9 @@ class SequenceKvStore:
             k_post = self.win_k.view()[:, :count]
             self.landmarks.append(chunk_landmarks(k_post, self.chunk).to(self.dtype))
             self.offload_v.append(self.win_v.view()[:, :count])
+        if self.offload_k is not None:
+            self.offload_k.append(k_post)
+        elif self.compressed:
             first_pending = max(self.n_fit - self.window_start, 0)
             if first_pending < count:
                 self.pending_pre.append(self.win_k_pre.view()[:, first_pending:count])
@@ -204,8 +219,12 @@ class SequenceKvStore:
     def _compressed_kv(self, pos: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Post-RoPE keys, values ``[Hkv, M, D]`` and offload bytes read for compressed positions ``pos [Hkv, M]`` (< window start)."""
         hkv, m, d = self.hkv, pos.shape[1], self.d
-        # pre-RoPE keys: low-rank rows, then the exact pending keys (tokens decoded after the fit)
-        if self.factors is not None:
+        all_heads = torch.arange(hkv, device=pos.device).unsqueeze(1).expand_as(pos)
+        # keys: exact post-RoPE ones of the offload tier (resident ones replaced below), or pre-RoPE
+        # low-rank rows and the exact pending keys (tokens decoded after the fit), rotated
+        if self.offload_k is not None:
+            k = self.offload_k.gather(all_heads.cpu(), pos.clamp(0, self.window_start - 1).cpu()).to(self.device)
+        elif self.factors is not None:
             a = self.factors.a[pos.clamp(max=self.n_fit - 1)]  # [Hkv, M, r]
             k = torch.bmm(a, self.factors.b.reshape(-1, hkv, d).permute(1, 0, 2))  # [Hkv, M, D]
         else:
@@ -213,7 +232,8 @@ class SequenceKvStore:
         if len(self.pending_pre):
             is_pending = valid & (pos >= self.n_fit)
             k[is_pending] = self._gather_rows(self.pending_pre.view(), pos - self.n_fit)[is_pending]
-        k = apply_rope(k, pos, table=self.rope)
+        if self.offload_k is None:
+            k = apply_rope(k, pos, table=self.rope)
         v = torch.zeros_like(k)
         # exact rows of the pool: outlier chunks and sinks (few; overwritten in place)
         exact = ~valid
@@ -221,29 +241,30 @@ class SequenceKvStore:
         if out_pos.shape[1]:
             j = torch.searchsorted(out_pos, pos).clamp(max=out_pos.shape[1] - 1)
             is_out = valid & (out_pos.gather(1, j) == pos)
-            heads = torch.arange(hkv, device=pos.device).unsqueeze(1).expand_as(pos)[is_out]
+            heads = all_heads[is_out]
             k[is_out], v[is_out] = self.outlier_k[heads, j[is_out]], self.outlier_v[heads, j[is_out]]
             exact = exact | is_out
         if len(self.sink_k):
             is_sink = valid & (pos < len(self.sink_k))
-            heads = torch.arange(hkv, device=pos.device).unsqueeze(1).expand_as(pos)[is_sink]
+            heads = all_heads[is_sink]
             k[is_sink], v[is_sink] = self.sink_k.view()[heads, pos[is_sink]], self.sink_v.view()[heads, pos[is_sink]]
             exact = exact | is_sink
         # everything else: values of resident chunks from the fast tier, the rest from the offload tier
         fetch = ~exact
         if self.resident_v is not None:
-            heads = torch.arange(hkv, device=pos.device).unsqueeze(1).expand_as(pos)
             slot = torch.full_like(pos, -1)
-            slot[fetch] = self.cache.slots(heads[fetch], pos[fetch] // self.chunk)
+            slot[fetch] = self.cache.slots(all_heads[fetch], pos[fetch] // self.chunk)
             near = fetch & (slot >= 0)
-            at = (heads[near], slot[near], pos[near] % self.chunk)
+            at = (all_heads[near], slot[near], pos[near] % self.chunk)
             v[near] = self.resident_v[at]
-            if self.resident_k is not None:  # the tier holds these keys (equal to the rebuilt ones until a refit)
+            if self.offload_keys:  # the tier holds these keys: read them there
+                k[near] = self.resident_k[at]
+            elif self.resident_k is not None:  # the tier holds these keys (equal to the rebuilt ones until a refit)
                 self.resident_k[at] = k[near]
             fetch = fetch & ~near
-        heads = torch.arange(hkv, device=pos.device).unsqueeze(1).expand_as(pos)[fetch]
+        heads = all_heads[fetch]
         v[fetch] = self.offload_v.gather(heads.cpu(), pos[fetch].cpu()).to(self.device, non_blocking=True)
-        return k, v, heads.numel() * d * self.dtype.itemsize
+        return k, v, (2 if self.offload_keys else 1) * heads.numel() * d * self.dtype.itemsize
 
     def attend(self, q: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, DecodeStats]:
         """Attention of the decode query ``q [Hq, D]`` (post-RoPE) over the stored sequence: ``[Hq, D]`` and stats."""
@@ -290,8 +311,11 @@ class SequenceKvStore:
         step = self.cache.step(chunk_mask)
         if step.fill_heads.numel():
             rows = step.fill_chunks.unsqueeze(1) * self.chunk + torch.arange(self.chunk, device=step.fill_chunks.device)
-            chunks = self.offload_v.gather(step.fill_heads.cpu().unsqueeze(1).expand_as(rows), rows.cpu())  # [F, chunk, D]
+            at = (step.fill_heads.cpu().unsqueeze(1).expand_as(rows), rows.cpu())
+            chunks = self.offload_v.gather(*at)  # [F, chunk, D]
             self.resident_v[step.fill_heads, step.fill_slots] = chunks.to(self.device, non_blocking=True)
+            if self.offload_k is not None:
+                self.resident_k[step.fill_heads, step.fill_slots] = self.offload_k.gather(*at).to(self.device, non_blocking=True)
         return step.hits, step.misses, step.fill_heads.numel() * self.cache.bytes_per_chunk
 
     def allocate_resident(self) -> None:
@@ -313,11 +337,12 @@ class SequenceKvStore:
 
     def offload_bytes(self) -> int:
         """Bytes held on the offload (host) tier."""
-        return self.offload_v.nbytes()
+        return self.offload_v.nbytes() + (0 if self.offload_k is None else self.offload_k.nbytes())
 
     def free(self) -> None:
         """Release every tensor; the store is empty (and reusable through :meth:`prefill`)."""
-        for b in (self.win_k, self.win_v, self.win_k_pre, self.sink_k, self.sink_v, self.landmarks, self.pending_pre, self.offload_v):
+        for b in (self.win_k, self.win_v, self.win_k_pre, self.sink_k, self.sink_v, self.landmarks, self.pending_pre,
+                  self.offload_v, self.offload_k):
             if b is not None:
                 b.free()
         self.factors = self.previous_chunks = self.resident_v = self.resident_k = None

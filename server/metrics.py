@@ -173,7 +173,7 @@ KV_HELP = {
     "native_steps": "Of those, steps run by the C kernel (kvcache/csrc); the others ran the PyTorch path "
                     "(no C compiler, a CUDA device, or a dtype / head_dim the kernel does not cover; logged once).",
     "positions_read": "KV positions read by compressed decode steps (summed over KV heads).",
-    "offload_read_bytes": "Bytes of values copied from the offload tier by compressed decode (NOSA: misses only).",
+    "offload_read_bytes": "Bytes copied from the offload tier by compressed decode: values, and keys where offloaded (NOSA: misses only).",
     "cache_hits": "NOSA resident-cache chunk hits.",
     "cache_misses": "NOSA resident-cache chunk misses (copied from the offload tier).",
     "unknown_request": "Decode rows the KV connector did not name (they used exact KV; logged).",

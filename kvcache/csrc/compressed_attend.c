@@ -3,8 +3,8 @@
  * The same math as kvcache/store.py's SequenceKvStore.attend (the PyTorch reference): landmark
  * scores (softmax over chunks per query head, max over the GQA group), chunk selection within
  * the token budget (ShadowKV) or under the locality constraint (NOSA), the NOSA resident-chunk
- * LRU, low-rank key rebuild + RoPE of the selected positions, values from the resident / offload
- * tiers, and exact softmax attention over selected + outliers + sinks + the local window.
+ * LRU, low-rank key rebuild + RoPE of the selected positions (or their exact keys from the offload
+ * tier, NOSA with offload_keys), values from the resident / offload tiers, and exact softmax attention over selected + outliers + sinks + the local window.
  * Written for the ~15 small tensor passes the reference makes per step: here every selected
  * position is touched once. Rows are read in place (spans: sinks, outlier chunks, resident chunks,
  * the window), widened to float32 a block at a time; only rebuilt keys go through scratch.
@@ -197,18 +197,21 @@ static int head_step(StepArgs *a, int h, int64_t C, Work *w) {
         for (int t = 0; t < ch; t++)
             if (c * ch + t >= sinks) w->pos[n_sel++] = c * ch + t;
     }
-    rebuilt_keys(a, h, w->pos, n_sel, w, w->keys, 0);
-    for (int64_t i = 0, run; i < n_sel; i += run) { /* one span per chunk: its rebuilt keys, its values */
+    const int offloaded_keys = a->offload_k.ptr != NULL; /* exact keys read in place, nothing rebuilt */
+    if (!offloaded_keys) rebuilt_keys(a, h, w->pos, n_sel, w, w->keys, 0);
+    for (int64_t i = 0, run; i < n_sel; i += run) { /* one span per chunk: its keys (rebuilt or offloaded), its values */
         int64_t p = w->pos[i], c = p / ch;
         for (run = 1; i + run < n_sel && w->pos[i + run] / ch == c; run++) {}
         int64_t slot = a->resident_v ? a->slot_of[(int64_t)h * a->slot_cols + c] : -1;
         int64_t in_slot = ((int64_t)h * a->capacity + slot) * slot_elems + (p % ch) * d;
+        const void *keys = offloaded_keys ? a->offload_k.ptr : w->keys;
+        int64_t k_at = offloaded_keys ? h * a->offload_k.head_stride + p * d : i * d;
         if (slot >= 0) {
-            sp[ns++] = (Span){AT(w->keys, i * d), AT(a->resident_v, in_slot), run};
-            if (a->resident_k) copy_row(a->resident_k, w->keys, a->dtype, in_slot, i * d, (int)(run * d));
+            sp[ns++] = (Span){AT(keys, k_at), AT(a->resident_v, in_slot), run};
+            if (a->resident_k) copy_row(a->resident_k, keys, a->dtype, in_slot, k_at, (int)(run * d));
         } else {
-            sp[ns++] = (Span){AT(w->keys, i * d), AT(a->offload_v.ptr, h * a->offload_v.head_stride + p * d), run};
-            w->offload_bytes += run * d * (int64_t)es;
+            sp[ns++] = (Span){AT(keys, k_at), AT(a->offload_v.ptr, h * a->offload_v.head_stride + p * d), run};
+            w->offload_bytes += (offloaded_keys ? 2 : 1) * run * d * (int64_t)es;
         }
     }
     /* resident chunks in slot order: ascending addresses, which the hardware prefetcher follows */

@@ -27,6 +27,7 @@ typedef struct {
     HeadRows sink_k, sink_v;   /* [hkv][n_sink_stored][d] */
     HeadRows win_k, win_v;     /* [hkv][n_win][d] post-RoPE, positions window_start.. */
     HeadRows offload_v;        /* [hkv][window_start][d] */
+    HeadRows offload_k;        /* [hkv][window_start][d] exact post-RoPE keys (NOSA offload_keys), or ptr NULL */
     const uint8_t *previous;   /* [hkv, prev_chunks] or NULL (NOSA) */
     uint8_t *chunk_mask;       /* out: [hkv, C] chunks taken */
     int64_t *slot_of, *slot_chunk, *last_used; /* NOSA LRU: [hkv, slot_cols], [hkv, capacity] x2 */

@@ -45,6 +45,7 @@ def _run(params, n0: int, steps: int, check) -> SequenceKvStore:
 @pytest.mark.parametrize("params", [
     ShadowKvParams(rank=HKV * D, budget=4096, n_local=16, n_outlier_chunks=3),
     NosaKvParams(rank=HKV * D, budget=4096, n_local=16, n_outlier_chunks=3, max_change=2, resident_chunks=64),
+    NosaKvParams(budget=4096, n_local=16, n_outlier_chunks=3, max_change=2, resident_chunks=64, offload_keys=True),
     FullKvParams(),
 ])
 def test_full_rank_full_budget_decode_equals_dense(params) -> None:
@@ -53,7 +54,9 @@ def test_full_rank_full_budget_decode_equals_dense(params) -> None:
         assert stats.positions == [k.shape[1]] * HKV
 
     store = _run(params, n0=203, steps=30, check=check)
-    if params.policy != "full":
+    if store.offload_keys:  # exact keys offloaded: no fit, nothing pending
+        assert store.factors is None and len(store.pending_pre) == 0 and len(store.offload_k) == store.window_start
+    elif params.policy != "full":
         # tokens generated after the fit left the window: they are served from the exact pending keys
         assert len(store.pending_pre) > 0 and store.window_start > store.n_fit
         before = store.attend(_query(233, 99))[0]
@@ -233,6 +236,29 @@ def test_nosa_resident_tier_serves_hits_from_the_pool_and_copies_only_misses() -
     chunk_bytes = 8 * D * 4
     assert all(read == misses * chunk_bytes for read, misses in moved[64])  # every selected chunk fits: misses only
     assert sum(r for r, _ in moved[64][1:]) < sum(r for r, _ in moved[1][1:]) / 4  # tiny tier: most reads cross
+
+
+
+def test_nosa_offload_keys_keeps_exact_keys_off_the_pool_and_moves_them_with_the_values() -> None:
+    """offload_keys: no factors, pending or pre-RoPE keys in the pool; the offload tier and each miss carry keys too."""
+    base = dict(budget=96, n_local=16, n_outlier_chunks=2, max_change=1, resident_chunks=64)
+    stores, moved = {}, {}
+    for offload_keys in (False, True):
+        params = NosaKvParams(**base, offload_keys=offload_keys, rank=HKV * D)
+        steps: list[tuple[int, int]] = []
+        stores[offload_keys] = _run(params, n0=300, steps=12,
+                                    check=lambda out, k, v, stats, q, steps=steps: steps.append(
+                                        (stats.offload_bytes_read, stats.cache_misses)))
+        moved[offload_keys] = steps
+    low, exact = stores[False], stores[True]
+    f = 4
+    factors_and_pre = low.factors.nbytes() + low.pending_pre.nbytes() + low.win_k_pre.nbytes()
+    assert exact.pool_bytes() == low.pool_bytes() - factors_and_pre
+    assert exact.offload_bytes() == 2 * low.offload_bytes() == 2 * HKV * exact.offload_v._data.shape[1] * D * f
+    assert moved[True] == [(2 * read, misses) for read, misses in moved[False]]  # same selection, keys ride along
+    assert all(read == misses * 2 * 8 * D * f for read, misses in moved[True])
+    with pytest.raises(ValidationError, match="resident_keys"):
+        NosaKvParams(offload_keys=True, resident_keys=False)
 
 
 @pytest.mark.parametrize("n0", [0, 5, 24])
