@@ -22,8 +22,9 @@ Rows, per context and batch:
 * ``compressed_head_pool_ratio``: exact KV bytes of one KV head per token over the stores' pool
   bytes per token and compressed KV head (the per-head saving the stores achieve);
 * ``max_concurrent_dense`` / ``max_concurrent_ours``: requests of this context, decoding, that
-  fit in the fixed pool of ``--kv-cache-memory-bytes``: its bytes over the bytes one request
-  holds there (ours: vLLM's blocks plus its stores' pool tier);
+  fit in a fixed pool (``--concurrency-pool-bytes``, default ``--kv-cache-memory-bytes``): its
+  bytes over the bytes one request holds there (ours: vLLM's blocks plus its stores' pool tier,
+  both measured, so the engine's own pool may be smaller where the host's memory is short);
 * ``offload_bytes_per_token``: bytes read from the offload tier per generated token;
 * ``host_read_gbs_dense`` / ``host_read_gbs_ours``: the host's memory-read speed just before and
   just after that mode's batch (:mod:`benchmarks.host_probe`): where the two modes' figures differ,
@@ -183,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kv-params", type=json.loads, default={},
                     help='with --kv POLICY: JSON of that policy\'s parameters, e.g. \'{"offload_keys": true}\' for nosa')
     ap.add_argument("--kv-cache-memory-bytes", type=int, default=5 << 30, help="vLLM's KV pool size (both modes)")
+    ap.add_argument("--concurrency-pool-bytes", type=int, default=None,
+                    help="the fixed pool that max_concurrent_* divide (default: --kv-cache-memory-bytes); lets a "
+                    "host too small for a large engine pool still report against one")
     ap.add_argument("--kv-window-layers", action="store_true",
                     help="ours: sliding-window KV spec for the layers whose KV heads are all compressed")
     ap.add_argument("--kv-threshold", type=int, default=4096, help="ours: --kv-threshold (and window)")
@@ -245,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_server(proc)
     rows = []
     layers = shape.layers
+    concurrency_pool = args.concurrency_pool_bytes or args.kv_cache_memory_bytes
     for n in contexts:
         for b in batches:
             held = {mode: pool_bytes_per_request(n, layers, *windows[mode], layer_token_bytes) for mode in measured}
@@ -265,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["offload_bytes_per_token"] = round(delta.get("kv_offload_read_bytes", 0.0) / (b * args.tokens))
                 row["kv_errors"] = int(delta.get("kv_errors", 0) + delta.get("kv_unknown_request", 0))
             for mode in measured:
-                row[f"max_concurrent_{mode}"] = args.kv_cache_memory_bytes // held[mode]
+                row[f"max_concurrent_{mode}"] = concurrency_pool // held[mode]
             for mode in measured:
                 row[f"host_read_gbs_{mode}"] = probes[(mode, n, b)]
             rows.append(row)

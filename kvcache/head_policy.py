@@ -3,8 +3,8 @@
 A profile names a decode-time KV policy per *query* head (:mod:`profiles.kv_choice`), but a
 store holds *KV* heads, and under GQA one KV head serves ``Hq / Hkv`` query heads. A KV head
 therefore takes the most exact policy among its query heads (``full`` > ``shadowkv`` > ``nosa``
-> ``streaming``: NOSA is ShadowKV's selection with a locality constraint, streaming keeps the
-least), with that head's parameters. ``full`` KV heads are left to the engine's own kernel;
+> ``streaming``: NOSA is ShadowKV's selection with a locality constraint, over exact offloaded
+keys by default; streaming keeps the least), with that head's parameters. ``full`` KV heads are left to the engine's own kernel;
 every other policy becomes one :class:`KvGroup` per layer (KV heads sharing the same
 parameters), run through one store per request. Under tensor parallelism a rank sees only its
 query heads and the KV heads they read (vLLM's contiguous sharding, KV heads replicated when

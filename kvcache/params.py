@@ -5,9 +5,10 @@
 * ``shadowkv``: low-rank pre-RoPE keys, chunk landmarks, outlier chunks, sinks and window in the
   pool, values offloaded; sparse decode under a token budget (ShadowKV, Sun et al. 2024).
 * ``nosa``: ``shadowkv`` with a locality constraint on the selected chunks and a resident chunk
-  cache on the fast tier (NOSA-style). With ``offload_keys`` the exact post-RoPE keys go to the
-  offload tier next to the values (as NOSA offloads whole KV) instead of a low-rank fit in the
-  pool: no key error, no factors or pending keys in the pool; a miss moves keys and values.
+  cache on the fast tier (NOSA-style). With ``offload_keys`` (the default) the exact post-RoPE
+  keys go to the offload tier next to the values (NOSA offloads whole KV) instead of a low-rank
+  fit in the pool: no key error, no factors or pending keys in the pool; a miss moves keys and
+  values. ``offload_keys=false`` keeps ShadowKV's low-rank keys.
 
 Every model carries a ``policy`` discriminator, so one JSON object names a policy and its
 budgets (see :data:`KvPolicyParams`). Defaults: chunk 8 and budget 2048 as ShadowKV; 4 sinks
@@ -76,7 +77,7 @@ class NosaKvParams(ShadowKvParams):
     resident_chunks: int = Field(384, gt=0, description="Resident chunk cache capacity per KV head (fast tier).")
     resident_keys: bool = Field(True, description="Resident chunks also keep their rebuilt post-RoPE keys, so a hit "
                                 "skips the low-rank rebuild (doubles the resident tier's bytes).")
-    offload_keys: bool = Field(False, description="Exact post-RoPE keys on the offload tier with the values (no "
+    offload_keys: bool = Field(True, description="Exact post-RoPE keys on the offload tier with the values (no "
                                "low-rank fit: rank and refit_every are unused); needs resident_keys.")
 
     @model_validator(mode="after")

@@ -216,11 +216,12 @@ def choose_kv_policy(
 
     1. ``streaming``: the prefill pattern is A-shape and sinks + window reach ``target_recall``
        (``streaming_recall``; skipped when not measured).
-    2. ``nosa``: keys compress (``lowrank_err <= max_lowrank_error``) and the locality-constrained
-       selection still reaches the target (``nosa_recall``; skipped when not measured). NOSA
-       holds the same pool state as ShadowKV and moves fewer bytes, so it is preferred.
-    3. ``shadowkv``: keys compress and the budgeted selection reaches the target
-       (``decode_recall``).
+    2. ``nosa``: the locality-constrained selection reaches the target (``nosa_recall``; skipped
+       when not measured). NOSA keeps exact keys on the offload tier (``offload_keys``, the
+       default), so only its selection loses mass; it holds less in the pool than ShadowKV and
+       moves fewer bytes, so it is preferred.
+    3. ``shadowkv``: keys compress (``lowrank_err <= max_lowrank_error``) and the budgeted
+       selection reaches the target (``decode_recall``).
     4. ``full`` otherwise (e.g. retrieval heads whose mass is spread over many chunks).
 
     ``lowrank_err`` is measured at ``rank`` (recorded in the params with the recalls). When the
@@ -237,7 +238,7 @@ def choose_kv_policy(
     compresses = lowrank_err <= max_lowrank_error and (output_error is None or output_error <= max_output_error)
     if isinstance(prefill, AShapeParams) and streaming_recall is not None and streaming_recall >= target_recall:
         policy = "streaming"
-    elif compresses and nosa_recall is not None and nosa_recall >= target_recall:
+    elif nosa_recall is not None and nosa_recall >= target_recall:
         policy = "nosa"
     elif compresses and decode_recall >= target_recall:
         policy = "shadowkv"

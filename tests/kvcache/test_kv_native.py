@@ -44,8 +44,8 @@ def _pair(params, n0: int, dtype: torch.dtype, seed: int = 0):
 @pytest.mark.parametrize("params", [
     ShadowKvParams(rank=24, budget=512, n_local=16, n_outlier_chunks=4, refit_every=24),
     NosaKvParams(rank=24, budget=512, n_local=16, n_outlier_chunks=4, refit_every=24, max_change=4,
-                 resident_chunks=40),
-    NosaKvParams(budget=512, n_local=16, n_outlier_chunks=4, max_change=4, resident_chunks=40, offload_keys=True),
+                 resident_chunks=40, offload_keys=False),
+    NosaKvParams(budget=512, n_local=16, n_outlier_chunks=4, max_change=4, resident_chunks=40),
 ])
 @pytest.mark.parametrize("n0", [1201, 4003])  # 150 chunks: quickselect; 500: bucketed selection
 def test_kernel_equals_reference_over_decode_steps(params, dtype, n0) -> None:
@@ -138,7 +138,7 @@ def _stores(params, count: int, dtype: torch.dtype, seed: int):
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_batched_steps_over_threads_equal_one_by_one(threads) -> None:
     """attend_all: steps of several stores in one kernel call, spread over threads, equal each store's own steps."""
-    params = NosaKvParams(rank=24, budget=384, n_local=16, n_outlier_chunks=2, max_change=4, resident_chunks=30)
+    params = NosaKvParams(budget=384, n_local=16, n_outlier_chunks=2, max_change=4, resident_chunks=30)
     trios = _stores(params, 5, torch.bfloat16, seed=threads)
     for step in range(6):
         qs = [(2 * torch.randn(HQ, D, generator=g)).to(torch.bfloat16) for _, _, g in trios]

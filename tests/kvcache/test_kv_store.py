@@ -44,8 +44,9 @@ def _run(params, n0: int, steps: int, check) -> SequenceKvStore:
 
 @pytest.mark.parametrize("params", [
     ShadowKvParams(rank=HKV * D, budget=4096, n_local=16, n_outlier_chunks=3),
-    NosaKvParams(rank=HKV * D, budget=4096, n_local=16, n_outlier_chunks=3, max_change=2, resident_chunks=64),
-    NosaKvParams(budget=4096, n_local=16, n_outlier_chunks=3, max_change=2, resident_chunks=64, offload_keys=True),
+    NosaKvParams(rank=HKV * D, budget=4096, n_local=16, n_outlier_chunks=3, max_change=2, resident_chunks=64,
+                 offload_keys=False),
+    NosaKvParams(budget=4096, n_local=16, n_outlier_chunks=3, max_change=2, resident_chunks=64),
     FullKvParams(),
 ])
 def test_full_rank_full_budget_decode_equals_dense(params) -> None:
@@ -205,7 +206,7 @@ def test_low_rank_store_reads_exact_keys_for_sinks_outliers_window_and_pending()
 
 
 def test_nosa_store_reports_resident_cache_hits() -> None:
-    params = NosaKvParams(rank=8, budget=96, n_local=16, n_outlier_chunks=2, max_change=1, resident_chunks=16)
+    params = NosaKvParams(budget=96, n_local=16, n_outlier_chunks=2, max_change=1, resident_chunks=16)
     seen = []
 
     def check(out, k, v, stats, q):
@@ -221,7 +222,7 @@ def test_nosa_store_reports_resident_cache_hits() -> None:
 
 def test_nosa_resident_tier_serves_hits_from_the_pool_and_copies_only_misses() -> None:
     """Same values whether a chunk is read from the resident tier or the offload tier; only misses move bytes."""
-    base = dict(rank=8, budget=96, n_local=16, n_outlier_chunks=2, max_change=1)
+    base = dict(rank=8, budget=96, n_local=16, n_outlier_chunks=2, max_change=1, offload_keys=False)
     big, tiny = NosaKvParams(**base, resident_chunks=64), NosaKvParams(**base, resident_chunks=1)
     outs: dict[int, list[torch.Tensor]] = {64: [], 1: []}
     moved: dict[int, list[tuple[int, int]]] = {64: [], 1: []}

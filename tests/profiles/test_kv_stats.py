@@ -87,7 +87,8 @@ def test_choose_kv_policy_rules() -> None:
     assert choose_kv_policy(a_shape, 0.05, 0.97, streaming_recall=0.5).policy == "shadowkv"
     assert choose_kv_policy(dense, 0.05, 0.97, nosa_recall=0.96).policy == "nosa"
     assert choose_kv_policy(dense, 0.05, 0.97, nosa_recall=0.90).policy == "shadowkv"
-    assert choose_kv_policy(dense, 0.30, 0.99, nosa_recall=0.99).policy == "full"  # keys do not compress
+    assert choose_kv_policy(dense, 0.30, 0.99, nosa_recall=0.99).policy == "nosa"  # exact keys: no fit needed
+    assert choose_kv_policy(dense, 0.30, 0.99, nosa_recall=0.90).policy == "full"  # keys do not compress
     assert choose_kv_policy(dense, 0.05, 0.80).policy == "full"  # selection misses attention mass
     choice = choose_kv_policy(dense, 0.1, 0.96, streaming_recall=0.5, target_recall=0.99, max_lowrank_error=0.2, rank=32)
     assert choice.policy == "full"
