@@ -57,14 +57,22 @@ def with_kv(profile: Profile, choice: KvChoice) -> Profile:
     return profile.model_copy(update={"layers": layers})
 
 
-def exact_kv(profile: Profile, policy: str = "shadowkv") -> Profile:
+def exact_kv(profile: Profile, policy: str = "shadowkv", *others: str) -> Profile:
     """``profile`` with every head's KV policy set to ``policy`` at full rank and a budget covering any context.
 
-    The compressed decode path then runs whole (low-rank fit, landmarks, selection, offload
+    With ``others``, layer ``i`` takes ``(policy, *others)[i % (1 + len(others))]``. The compressed
+    decode path then runs whole (low-rank fit or offloaded keys, landmarks, selection, offload
     reads) yet keeps every position and reconstructs keys to float round-off: serving it must
     reproduce dense greedy outputs, which is how the engine's KV integration is tested.
     """
-    return with_kv(profile, KvChoice(policy=policy, params={"rank": float(EVERYTHING), "budget": float(EVERYTHING)}))
+    exact = {"rank": float(EVERYTHING), "budget": float(EVERYTHING)}
+    cycle = (policy, *others)
+    layers = [
+        layer.model_copy(update={"heads": [h.model_copy(update={"kv": KvChoice(policy=cycle[i % len(cycle)], params=exact)})
+                                           for h in layer.heads]})
+        for i, layer in enumerate(profile.layers)
+    ]
+    return profile.model_copy(update={"layers": layers})
 
 
 def transfer(profile: Profile, model: ModelFingerprint) -> Profile:

@@ -29,9 +29,10 @@ def dense_server(launch_server):
 
 @pytest.fixture(scope="session")
 def exact_kv_profile(tmp_path_factory) -> Path:
-    """Every head at full prefill budget and every KV head ShadowKV at full rank and budget: exact."""
+    """Every head at full prefill budget; even layers ShadowKV at full rank, odd ones NOSA (exact keys
+    offloaded), every store at a budget over the context: exact."""
     path = tmp_path_factory.mktemp("profile") / "exact-kv.json"
-    save_profile(exact_kv(full_budget(load_profile(SHIPPED_PROFILE))), path)
+    save_profile(exact_kv(full_budget(load_profile(SHIPPED_PROFILE)), "shadowkv", "nosa"), path)
     return path
 
 

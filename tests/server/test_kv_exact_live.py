@@ -1,5 +1,5 @@
-"""Compressed decode inside the engine, exact: every KV head ShadowKV at full rank and budget
-(``--kv-policies``, threshold 256). Greedy outputs must equal plain vLLM's (float32), which proves the
+"""Compressed decode inside the engine, exact: every KV head ShadowKV at full rank (even layers) or NOSA
+with its exact keys offloaded (odd layers), at full budget (``--kv-policies``, threshold 256). Greedy outputs must equal plain vLLM's (float32), which proves the
 stores' construction from the paged cache, the per-token extension, the request naming by the KV
 connector, and the stores' release after finish, abort and concurrency."""
 
@@ -37,7 +37,8 @@ def test_exact_compressed_decode_equals_dense_and_frees_its_stores(exact_kv_serv
     assert counter(after, "kv_positions_read_total") > counter(before, "kv_positions_read_total")
     assert counter(after, "kv_offload_read_bytes_total") > 0  # values come from the offload tier
     assert counter(after, "kv_errors_total") == 0 and counter(after, "kv_unknown_request_total") == 0
-    assert counter(after, "kv_policy_heads", policy="shadowkv") == 30 * 3
+    assert counter(after, "kv_policy_heads", policy="shadowkv") == counter(after, "kv_policy_heads", policy="nosa") == 15 * 3
+    assert counter(after, "kv_cache_hits_total") > counter(before, "kv_cache_hits_total")  # NOSA's resident tier served
     assert counter(after, "kv_stores") == 0 and counter(after, "kv_pool_bytes") == 0
     assert counter(after, "kv_offload_bytes") == 0
 

@@ -1,5 +1,5 @@
 """Windowed layers in the engine (``--kv-window-layers``): every layer's KV heads compressed (exact
-ShadowKV), so vLLM keeps only a 256-token sliding window of each layer in its pool; prefill chunks past
+ShadowKV or NOSA), so vLLM keeps only a 256-token sliding window of each layer in its pool; prefill chunks past
 the window read the exact history on the offload tier, decode reads the stores. The pool holds many
 more requests, and greedy outputs still equal plain vLLM's (float32)."""
 
