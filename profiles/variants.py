@@ -8,6 +8,8 @@ is how the engine integration is tested.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from attention_backends.patterns import (
     AShapeParams,
     BlockSparseParams,
@@ -17,7 +19,7 @@ from attention_backends.patterns import (
     VerticalSlashParams,
 )
 
-from .schema import KvChoice, ModelFingerprint, Profile
+from .schema import HeadProfile, KvChoice, ModelFingerprint, Profile
 
 EVERYTHING = 1 << 24
 """A budget larger than any context we serve (16M tokens)."""
@@ -38,23 +40,23 @@ def full_budget_params(params: PatternParams) -> PatternParams:
     raise TypeError(f"unknown pattern parameters {type(params).__name__}")
 
 
-def full_budget(profile: Profile) -> Profile:
-    """``profile`` with every head's prefill budget made exhaustive (same patterns)."""
+def _map_heads(profile: Profile, update: Callable[[int, HeadProfile], dict[str, object]]) -> Profile:
+    """``profile`` with head ``h`` of layer ``i`` updated by the fields ``update(i, h)`` returns."""
     layers = [
-        layer.model_copy(update={"heads": [h.model_copy(update={"prefill": full_budget_params(h.prefill)})
-                                           for h in layer.heads]})
-        for layer in profile.layers
+        layer.model_copy(update={"heads": [h.model_copy(update=update(i, h)) for h in layer.heads]})
+        for i, layer in enumerate(profile.layers)
     ]
     return profile.model_copy(update={"layers": layers})
+
+
+def full_budget(profile: Profile) -> Profile:
+    """``profile`` with every head's prefill budget made exhaustive (same patterns)."""
+    return _map_heads(profile, lambda _, h: {"prefill": full_budget_params(h.prefill)})
 
 
 def with_kv(profile: Profile, choice: KvChoice) -> Profile:
     """``profile`` with every head's KV policy replaced by ``choice`` (same prefill patterns)."""
-    layers = [
-        layer.model_copy(update={"heads": [h.model_copy(update={"kv": choice}) for h in layer.heads]})
-        for layer in profile.layers
-    ]
-    return profile.model_copy(update={"layers": layers})
+    return _map_heads(profile, lambda *_: {"kv": choice})
 
 
 def exact_kv(profile: Profile, policy: str = "shadowkv", *others: str) -> Profile:
@@ -66,13 +68,8 @@ def exact_kv(profile: Profile, policy: str = "shadowkv", *others: str) -> Profil
     reproduce dense greedy outputs, which is how the engine's KV integration is tested.
     """
     exact = {"rank": float(EVERYTHING), "budget": float(EVERYTHING)}
-    cycle = (policy, *others)
-    layers = [
-        layer.model_copy(update={"heads": [h.model_copy(update={"kv": KvChoice(policy=cycle[i % len(cycle)], params=exact)})
-                                           for h in layer.heads]})
-        for i, layer in enumerate(profile.layers)
-    ]
-    return profile.model_copy(update={"layers": layers})
+    choices = [KvChoice(policy=p, params=exact) for p in (policy, *others)]
+    return _map_heads(profile, lambda i, _: {"kv": choices[i % len(choices)]})
 
 
 def transfer(profile: Profile, model: ModelFingerprint) -> Profile:

@@ -6,8 +6,8 @@ import torch
 
 from attention_backends import estimate_index
 from attention_backends.patterns import DenseParams
-from profiles.schema import load_profile, parse_profile
-from profiles.variants import full_budget
+from profiles.schema import KvChoice, load_profile, parse_profile
+from profiles.variants import exact_kv, full_budget, with_kv
 from server.sparse_setup import SHIPPED_PROFILE
 
 
@@ -27,3 +27,16 @@ def test_full_budget_keeps_patterns_and_covers_every_pair() -> None:
             index = estimate_index(q, k, new.prefill)
             assert index.density() == 1.0, new.prefill
     assert len(seen) >= 3
+
+
+def test_exact_kv_cycles_policies_over_layers_and_keeps_prefill() -> None:
+    shipped = load_profile(SHIPPED_PROFILE)
+    mixed = exact_kv(shipped, "shadowkv", "nosa")
+    parse_profile(mixed.model_dump(mode="json"), "exact-kv")
+    for i, (old_layer, new_layer) in enumerate(zip(shipped.layers, mixed.layers)):
+        for old, new in zip(old_layer.heads, new_layer.heads):
+            assert new.prefill == old.prefill
+            assert new.kv.policy == ("shadowkv", "nosa")[i % 2]
+            assert new.kv.params["rank"] >= 1 << 24 and new.kv.params["budget"] >= 1 << 24
+    streaming = with_kv(shipped, KvChoice(policy="streaming"))
+    assert {h.kv.policy for layer in streaming.layers for h in layer.heads} == {"streaming"}
