@@ -6,7 +6,8 @@ calls :meth:`StoreRegistry.create` again: the old store of that (request, key) i
 a fresh one replaces it. The key names the store within the request: a layer, or (layer, group)
 when a layer's KV heads are split over several policies. A request's windowed layers also hold
 their exact :class:`~kvcache.history.KvHistory` here until the layer's stores are built from it.
-Totals over all stores make leaks observable (they must return to 0).
+Totals over all stores make leaks observable (they must return to 0), and the heap pages freed
+stores leave go back to the OS (:class:`~kvcache.host_memory.HeapTrimmer`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Hashable
 import torch
 
 from .history import KvHistory
+from .host_memory import HeapTrimmer
 from .store import AnyKvParams, SequenceKvStore
 
 
@@ -26,8 +28,9 @@ def _history_key(layer: int) -> tuple[str, int]:
 class StoreRegistry:
     """``{request_id: {key: SequenceKvStore | KvHistory}}`` with byte totals."""
 
-    def __init__(self) -> None:
+    def __init__(self, trimmer: HeapTrimmer | None = None) -> None:
         self._stores: dict[Hashable, dict[Hashable, SequenceKvStore | KvHistory]] = {}
+        self.trimmer = HeapTrimmer() if trimmer is None else trimmer
 
     def __len__(self) -> int:
         """Number of requests holding stores."""
@@ -40,7 +43,7 @@ class StoreRegistry:
         """A fresh store for ``(request_id, key)`` (an existing one is freed first); ``kwargs`` go to :class:`SequenceKvStore`."""
         stores = self._stores.setdefault(request_id, {})
         if key in stores:
-            stores.pop(key).free()
+            self._release(stores.pop(key))
         store = SequenceKvStore(params, num_kv_heads, head_dim, **kwargs)
         stores[key] = store
         return store
@@ -71,14 +74,17 @@ class StoreRegistry:
         """Free the request's history of ``layer`` (its stores hold the sequence now)."""
         found = self._stores.get(request_id, {}).pop(_history_key(layer), None)
         if found is not None:
-            found.free()
+            self._release(found)
 
     def free(self, request_id: Hashable) -> int:
         """Free every store of a request (no-op if unknown); returns the bytes released (both tiers)."""
-        released = 0
-        for store in self._stores.pop(request_id, {}).values():
-            released += store.pool_bytes() + store.offload_bytes()
-            store.free()
+        return sum(self._release(store) for store in self._stores.pop(request_id, {}).values())
+
+    def _release(self, store: SequenceKvStore | KvHistory) -> int:
+        """Free one store or history; returns its bytes (both tiers), counted towards the next heap trim."""
+        released = store.pool_bytes() + store.offload_bytes()
+        store.free()
+        self.trimmer.released(released)
         return released
 
     def free_all(self) -> int:
