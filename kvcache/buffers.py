@@ -1,10 +1,13 @@
 """Growable per-head token buffers on one memory tier, with exact byte accounting.
 
-A buffer holds ``[H, capacity, W]`` and exposes the live ``[H, len, W]`` rows; it grows by 1/64 of
-its capacity, at least 16 rows (a decode store's buffers hold a whole context and gain a row per
-step or per chunk: 1.5x growth would leave up to a third of the held bytes unused, 1/64 leaves at
-most 1.6% for a copy of the buffer every capacity/64 appended rows), can drop rows from the front (sliding
-windows) and reports the bytes it *holds* (its capacity, not its length). The offload tier is host memory, pinned when CUDA is
+A buffer holds ``[H, capacity, W]`` and exposes the live ``[H, len, W]`` rows; when it must grow
+it allocates the rows it needs plus 1/64 of them, at least 16 rows (a decode store's buffers hold a
+whole context and gain a row per step or per chunk: 1.5x growth would leave up to a third of the
+held bytes unused, 1/64 leaves at most 1.6% for a copy of the buffer every capacity/64 appended
+rows). The headroom is there from the first append too: a store's offload buffers are filled by
+its prefill in one append, and without it the first chunk leaving the decode window would copy the
+whole prefilled history (25 MB per buffer and layer for a 32K float32 request). A buffer can drop
+rows from the front (sliding windows) and reports the bytes it *holds* (its capacity, not its length). The offload tier is host memory, pinned when CUDA is
 available so host-to-device copies can be asynchronous.
 """
 
@@ -61,7 +64,8 @@ class TokenBuffer:
             if self._len + t <= cap:
                 self._data[:, : self._len] = self._data[:, self._start : self._start + self._len].clone()
             else:
-                new = _alloc(self.heads, max(self._len + t, cap + max(cap // 64, 16)), self.width, self.dtype, self.device, self.pinned)
+                need = self._len + t
+                new = _alloc(self.heads, need + max(need // 64, 16), self.width, self.dtype, self.device, self.pinned)
                 new[:, : self._len] = self.view()
                 self._data = new
             self._start = 0

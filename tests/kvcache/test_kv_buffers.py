@@ -23,3 +23,19 @@ def test_appends_drops_and_gathers_read_the_live_rows() -> None:
         buf.append(torch.randn(3, 1, 4))
     buf.free()
     assert len(buf) == 0 and buf.nbytes() == 0
+
+
+def test_growth_leaves_headroom_from_the_first_append() -> None:
+    """A prefilled buffer takes its next rows in place (no copy of the history) and holds <= 1/64 + 16 spare rows."""
+    buf = TokenBuffer(3, 8, dtype=torch.float32, device="cpu")
+    buf.append(torch.randn(3, 4096, 8))
+    assert buf.nbytes() == 3 * (4096 + 64) * 8 * 4
+    address = buf.rows_address()
+    for _ in range(8):
+        buf.append(torch.randn(3, 8, 8))  # chunks leaving a decode window
+    assert buf.rows_address() == address and len(buf) == 4160
+    buf.append(torch.randn(3, 1, 8))  # past the headroom: one copy, new headroom of 1/64
+    assert buf.rows_address() != address and buf.nbytes() == 3 * (4161 + 4161 // 64) * 8 * 4
+    small = TokenBuffer(1, 2, dtype=torch.float32, device="cpu")
+    small.append(torch.randn(1, 3, 2))
+    assert small.nbytes() == (3 + 16) * 2 * 4

@@ -19,16 +19,18 @@ def _rss_bytes() -> int:
 
 
 def test_registry_trims_once_every_threshold_of_released_bytes() -> None:
-    reg = StoreRegistry(HeapTrimmer(every_bytes=3 * 2 * 3 * 64 * 4 * 100))  # three histories of 100 rows
+    one = 2 * 3 * 64 * 4 * (100 + 16)  # a history of 100 rows holds 16 rows of headroom (kvcache.buffers)
+    reg = StoreRegistry(HeapTrimmer(every_bytes=3 * one))  # three histories
     for layer in range(7):
         reg.history("r", layer, 3, 64, dtype=torch.float32).extend(0, torch.randn(3, 100, 64), torch.randn(3, 100, 64))
+    assert reg.total_bytes() == 7 * one
     for layer in range(5):
         reg.drop_history("r", layer)
     trims = reg.trimmer.trims
-    assert reg.trimmer.pending == 2 * 2 * 3 * 64 * 4 * 100  # five released: one trim after the third, two pending
+    assert reg.trimmer.pending == 2 * one  # five released: one trim after the third, two pending
     assert trims == (1 if ctypes.util.find_library("c") else 0)
-    assert reg.free("r") == 2 * 2 * 3 * 64 * 4 * 100  # the sixth release trims again, the seventh waits
-    assert reg.trimmer.pending == 2 * 3 * 64 * 4 * 100 and reg.trimmer.trims == 2 * trims and reg.total_bytes() == 0
+    assert reg.free("r") == 2 * one  # the sixth release trims again, the seventh waits
+    assert reg.trimmer.pending == one and reg.trimmer.trims == 2 * trims and reg.total_bytes() == 0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm and needs glibc")
