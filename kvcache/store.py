@@ -7,7 +7,7 @@ values of the compressed history. Layout for ``shadowkv`` / ``nosa``, with ``W``
 the local window (:func:`kvcache.selection.local_start`):
 
 * pool: low-rank factors of the pre-RoPE keys of the prefill (``A [N0, r]``, ``B [r, Hkv*D]``),
-  landmarks of the chunks before ``W``, the outlier chunks' exact keys/values (chosen at
+  landmarks of the chunks before ``W`` (in :data:`LANDMARK_DTYPE`), the outlier chunks' exact keys/values (chosen at
   prefill), the sinks' keys/values, the window's keys (pre- and post-RoPE) and values, and the
   *pending* pre-RoPE keys of positions ``[N0, W)``: tokens generated after the fit that have
   left the window. They are kept exact (rotated on read) until :meth:`SequenceKvStore.refit`
@@ -48,6 +48,12 @@ from .rope import apply_rope, rope_inv_freq, shared_rope_table
 from .selection import local_start, select_positions
 
 AnyKvParams = FullKvParams | StreamingKvParams | ShadowKvParams | NosaKvParams
+
+LANDMARK_DTYPE = torch.bfloat16
+"""Dtype of the chunk landmarks, whatever the store's dtype. Landmarks only rank chunks (the attention
+over the chosen ones reads exact keys), and every decode step reads all of them: bfloat16 halves
+those reads and their pool bytes against float32 (32 -> 16 bytes per head-token at chunk 8 and
+head_dim 64); the rounding (8 significant bits) can only reorder chunks whose scores nearly tie."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ class SequenceKvStore:
         self.win_k_pre = TokenBuffer(num_kv_heads, head_dim, **pool) if self.low_rank else None
         self.sink_k = TokenBuffer(num_kv_heads, head_dim, **pool)
         self.sink_v = TokenBuffer(num_kv_heads, head_dim, **pool)
-        self.landmarks = TokenBuffer(num_kv_heads, head_dim, **pool)
+        self.landmarks = TokenBuffer(num_kv_heads, head_dim, dtype=LANDMARK_DTYPE, device=self.device)
         self.pending_pre = TokenBuffer(num_kv_heads, head_dim, **pool)
         offload = dict(dtype=dtype, device="cpu", pinned=offload_device_pinned())
         self.offload_v = TokenBuffer(num_kv_heads, head_dim, **offload)
@@ -183,7 +189,7 @@ class SequenceKvStore:
         """Move the first ``count`` window tokens (whole chunks) out of the window."""
         if self.compressed:
             k_post = self.win_k.view()[:, :count]
-            self.landmarks.append(chunk_landmarks(k_post, self.chunk).to(self.dtype))
+            self.landmarks.append(chunk_landmarks(k_post, self.chunk))
             self.offload_v.append(self.win_v.view()[:, :count])
         if self.offload_k is not None:
             self.offload_k.append(k_post)

@@ -32,6 +32,7 @@ from kvcache.lowrank import relative_error
 from kvcache.nosa import nosa_select_positions
 from kvcache.params import NosaKvParams, ShadowKvParams, StreamingKvParams
 from kvcache.selection import local_start, select_positions
+from kvcache.store import LANDMARK_DTYPE
 from kvcache.streaming import streaming_mask
 
 from .schema import KvChoice
@@ -115,7 +116,7 @@ def _selection_recall(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, p: S
 
     ``pick(t, n, landmarks, outliers, previous_chunk_mask)`` returns a selection for row ``t``.
     """
-    marks = chunk_landmarks(k, p.chunk)
+    marks = chunk_landmarks(k, p.chunk).to(LANDMARK_DTYPE)  # as the stores keep them
     total = torch.zeros(q.shape[0], dtype=torch.float64)
     previous = None
     for t in rows.tolist():
