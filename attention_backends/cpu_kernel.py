@@ -19,14 +19,17 @@ from dataclasses import dataclass, field
 import torch
 from vllm import _custom_ops as ops
 
-from .paged_kv import gather_sequence_kv
+from .paged_kv import ISAS, gather_sequence_kv
 
 
 def check_cache_layout(isa: str, dtype: torch.dtype, block_size: int, head_size: int) -> None:
     """Write a few keys/values with vLLM's own cache op and read them back with ``paged_kv``.
 
-    Raises ``RuntimeError`` when the layout differs (e.g. the AMX ISA's packed keys).
+    Raises ``RuntimeError`` when the layout differs or ``paged_kv`` has no reader for ``isa``.
     """
+    if isa not in ISAS:
+        raise RuntimeError(f"sparse-serve reads vLLM's CPU KV cache in the layouts of ISAs {', '.join(ISAS)}, "
+                           f"not {isa!r}; serve with --no-sparse on this machine")
     hkv, tokens = 2, block_size + 3
     cache = torch.zeros(3, hkv, block_size, 2 * head_size, dtype=dtype)
     k = torch.randn(tokens, hkv, head_size).to(dtype)
@@ -35,7 +38,7 @@ def check_cache_layout(isa: str, dtype: torch.dtype, block_size: int, head_size:
     slots = torch.arange(block_size, block_size + tokens)
     ops.cpu_attn_reshape_and_cache(k, v, key_cache, value_cache, slots, isa,
                                    k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
-    got_k, got_v = gather_sequence_kv(cache, torch.tensor([1, 2]), tokens)
+    got_k, got_v = gather_sequence_kv(cache, torch.tensor([1, 2]), tokens, isa)
     if not (torch.equal(got_k, k.transpose(0, 1)) and torch.equal(got_v, v.transpose(0, 1))):
         raise RuntimeError(f"vLLM's CPU KV-cache layout for ISA {isa!r} is not the one sparse-serve "
                            "reads; serve with --no-sparse on this machine")

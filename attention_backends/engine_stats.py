@@ -6,7 +6,8 @@ across: the server creates it, passes its path in the plugin config, the backend
 tensor-parallel rank 0 adds to it, and ``/metrics`` reads it. Slots:
 
 ``active``: attention layers built with the sparse backend (proves at start-up that vLLM
-selected it); ``sparse_tokens`` / ``dense_tokens``: prefill tokens run sparse / dense (counted
+selected it); ``layout``: the ISA whose paged-cache layout the backend reads (1 + its index in
+:data:`attention_backends.paged_kv.ISAS`; 0 before a layer is built); ``sparse_tokens`` / ``dense_tokens``: prefill tokens run sparse / dense (counted
 once per segment, at the model's first layer); ``fallback[reason]``: sparse-eligible segments
 that ran dense, per reason; ``kept[layer]`` / ``causal[layer]``: pairs computed and causal
 pairs of sparse segments, per layer (their ratio is the layer's mean density); ``kv[name]``:
@@ -18,6 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from .paged_kv import ISAS
 
 FALLBACK_REASONS = ("short_segment", "error", "no_history")
 """Why a sparse-eligible prefill segment ran dense, or a windowed layer's segment read only the pool
@@ -33,7 +36,7 @@ logged)."""
 KV_GAUGES = ("pool_bytes", "offload_bytes", "stores")
 """Compressed decode, current: bytes held by the stores of live requests on each tier, and requests holding stores."""
 
-_HEADER = 3  # active, sparse_tokens, dense_tokens
+_HEADER = 4  # active, sparse_tokens, dense_tokens, layout
 
 
 class EngineStats:
@@ -54,6 +57,9 @@ class EngineStats:
     # ---------------------------------------------------------------- writer side
     def mark_active(self) -> None:
         self._slots[0] += 1
+
+    def set_cache_layout(self, isa: str) -> None:
+        self._slots[3] = 1 + ISAS.index(isa)
 
     def add_tokens(self, sparse: int, dense: int) -> None:
         self._slots[1] += sparse
@@ -82,6 +88,12 @@ class EngineStats:
     @property
     def active_layers(self) -> int:
         return int(self._slots[0])
+
+    @property
+    def cache_layout(self) -> str | None:
+        """The ISA whose KV-cache layout the backend reads, once a layer is built."""
+        code = int(self._slots[3])
+        return ISAS[code - 1] if code else None
 
     @property
     def sparse_tokens(self) -> int:

@@ -117,6 +117,8 @@ class SparseCPUMetadataBuilder(CPUAttentionMetadataBuilder):
                                f"'auto', not {self.kv_cache_dtype!r}; serve with --no-sparse")
         check_cache_layout(self.isa, self.dtype, self.block_size, self.head_dim)
         rt = runtime()
+        if rt.stats is not None:
+            rt.stats.set_cache_layout(self.isa)
         self._config = rt.config
         self._rope: RopeSpec | None = None
         self._window = 0
@@ -275,14 +277,14 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
         if window:
             try:
                 k_all, v_all = windowed_context(STORES, request_at_slot(seg.slot), layer_idx, kv_cache, seg.block_ids,
-                                                seg.seq_len, key[rows], value[rows], window)
+                                                seg.seq_len, key[rows], value[rows], window, layer.isa)
             except HistoryMissing as exc:
                 logger.error("layer %d: %s; attending to the %d-token pool window only", layer_idx, exc, window)
                 if stats is not None:
                     stats.add_fallback("no_history")
-                k_all, v_all = pool_window(kv_cache, seg.block_ids, seg.seq_len, window)
+                k_all, v_all = pool_window(kv_cache, seg.block_ids, seg.seq_len, window, layer.isa)
         else:
-            k_all, v_all = gather_sequence_kv(kv_cache, seg.block_ids, seg.seq_len)
+            k_all, v_all = gather_sequence_kv(kv_cache, seg.block_ids, seg.seq_len, layer.isa)
         q = query[rows].transpose(0, 1)
         if seg.dense:
             return dense_tail_attention(q, k_all, v_all, scale=self.scale).transpose(0, 1).to(query.dtype)
@@ -324,7 +326,7 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
             if stats is not None:
                 stats.add_kv(errors=1)
             if window:
-                self._pool_window_row(row, query, kv_cache, window, output)
+                self._pool_window_row(layer, row, query, kv_cache, window, output)
 
         k_pre = pre_rope_rows(key[[row.row for row in plan.kv_rows]], [row.seq_len - 1 for row in plan.kv_rows],
                               plan.rope)  # every row's new pre-RoPE key in one call
@@ -336,15 +338,15 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                 if stats is not None:
                     stats.add_kv(unknown_request=1)
                 if window:
-                    self._pool_window_row(row, query, kv_cache, window, output)
+                    self._pool_window_row(layer, row, query, kv_cache, window, output)
                 continue
             r = slice(row.row, row.row + 1)
 
             def context(row: KvRow = row, request: str = request, r: slice = r) -> tuple[torch.Tensor, torch.Tensor]:
                 if window:
                     return windowed_context(STORES, request, layer_idx, kv_cache, row.block_ids, row.seq_len,
-                                            key[r], value[r], window)
-                return gather_sequence_kv(kv_cache, row.block_ids, row.seq_len)
+                                            key[r], value[r], window, layer.isa)
+                return gather_sequence_kv(kv_cache, row.block_ids, row.seq_len, layer.isa)
             try:
                 steps += [(row, request, group, advance(STORES, request, (layer_idx, g), group, key[row.row],
                                                         value[row.row], row.seq_len - 1, context, plan.rope, k_pre[i]))
@@ -368,9 +370,9 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                              offload_read_bytes=st.offload_bytes_read,
                              cache_hits=st.cache_hits, cache_misses=st.cache_misses)
 
-    def _pool_window_row(self, row: KvRow, query, kv_cache, window: int, output) -> None:
+    def _pool_window_row(self, layer, row: KvRow, query, kv_cache, window: int, output) -> None:
         """A windowed layer's decode row over the keys still in the pool (what vLLM's kernel would give)."""
-        k, v = pool_window(kv_cache, row.block_ids, row.seq_len, window)
+        k, v = pool_window(kv_cache, row.block_ids, row.seq_len, window, layer.isa)
         q = query[row.row:row.row + 1].transpose(0, 1)
         output[row.row] = dense_tail_attention(q, k, v, scale=self.scale)[:, 0].to(output.dtype)
 

@@ -38,12 +38,14 @@ def windowed_context(
     k_rows: torch.Tensor,
     v_rows: torch.Tensor,
     window: int,
+    isa: str = "vec",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys, values ``[Hkv, seq_len, D]`` of ``request`` in a windowed layer, this step's rows captured.
 
     ``k_rows, v_rows [T, Hkv, D]``: the keys/values this step writes, positions
-    ``[seq_len - T, seq_len)`` (already in ``kv_cache``). Raises :class:`HistoryMissing` when the
-    request is unknown, or has no history and its earlier tokens may have left the pool.
+    ``[seq_len - T, seq_len)`` (already in ``kv_cache``, in the layout of ``isa``). Raises
+    :class:`HistoryMissing` when the request is unknown, or has no history and its earlier tokens
+    may have left the pool.
     """
     if request is None:
         raise HistoryMissing("no request writes this row's slot")
@@ -53,7 +55,7 @@ def windowed_context(
         if start >= window:
             raise HistoryMissing(f"request {request!r}: no history of layer {layer} and {start} tokens "
                                  f"before this step (window {window})")
-        k_all, v_all = gather_sequence_kv(kv_cache, block_ids, seq_len)
+        k_all, v_all = gather_sequence_kv(kv_cache, block_ids, seq_len, isa)
         history = stores.history(request, layer, k_all.shape[0], k_all.shape[2], dtype=k_all.dtype)
         assert history is not None
         history.extend(0, k_all, v_all)
@@ -65,12 +67,12 @@ def windowed_context(
     return history.view()
 
 
-def pool_window(kv_cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int,
-                window: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_window(kv_cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int, window: int,
+                isa: str = "vec") -> tuple[torch.Tensor, torch.Tensor]:
     """The keys/values still in the pool: positions ``[first, seq_len)`` from the block holding ``seq_len - window``.
 
     Queries at the end read them as vLLM's sliding-window kernel does (end-aligned causal).
     """
     bs = kv_cache.shape[2]
     first_block = max(seq_len - window, 0) // bs
-    return gather_sequence_kv(kv_cache, block_ids[first_block:], seq_len - first_block * bs)
+    return gather_sequence_kv(kv_cache, block_ids[first_block:], seq_len - first_block * bs, isa)

@@ -90,8 +90,9 @@ class SparseSetup:
                 "it?); serve with --no-sparse to run dense")
         counts = ", ".join(f"{n} {p}" for p, n in self.pattern_counts.items())
         logger.info("attention backend: sparse-serve SparseCPUAttentionBackend (wraps CPU_ATTN) on "
-                    "%d layers; profile %s: %s heads; sparse for prefill context >= %d tokens",
-                    self.stats.active_layers, self.config.profile, counts, self.config.threshold)
+                    "%d layers, reading vLLM's %r KV-cache layout; profile %s: %s heads; sparse for prefill "
+                    "context >= %d tokens", self.stats.active_layers, self.stats.cache_layout, self.config.profile,
+                    counts, self.config.threshold)
         if self.kv_counts is not None:
             kv = ", ".join(f"{n} {p}" for p, n in self.kv_counts.items())
             windowed = self.windowed_layers

@@ -8,7 +8,7 @@ import torch
 from attention_backends.paged_kv import gather_sequence_kv
 from attention_backends.patterns import AShapeParams, DenseParams
 from attention_backends.segment import HeadGroup, dense_tail_attention, segment_attention
-from paged_cache import write_with_vllm
+from paged_cache import ISAS, write_with_vllm
 
 SCALE = 0.125
 HQ, HKV, D, BS = 6, 2, 64, 32
@@ -24,14 +24,15 @@ def ck():
     return module
 
 
-def _paged(n: int, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A cache holding one sequence of ``n`` tokens in shuffled blocks, and its block table."""
+def _paged(n: int, dtype: torch.dtype, seed: int = 0, isa: str = "vec") -> tuple[torch.Tensor, torch.Tensor]:
+    """A cache holding one sequence of ``n`` tokens in shuffled blocks (layout of ``isa``), and its block table."""
     g = torch.Generator().manual_seed(seed)
     nblk = -(-n // BS)
     block_ids = torch.randperm(nblk + 3, generator=g)[:nblk]
     slots = torch.cat([b * BS + torch.arange(BS) for b in block_ids])[:n]
     cache = torch.zeros(nblk + 3, HKV, BS, 2 * D, dtype=dtype)
-    write_with_vllm(cache, torch.randn(n, HKV, D, generator=g).to(dtype), torch.randn(n, HKV, D, generator=g).to(dtype), slots)
+    write_with_vllm(cache, torch.randn(n, HKV, D, generator=g).to(dtype), torch.randn(n, HKV, D, generator=g).to(dtype), slots,
+                    isa)
     return cache, block_ids
 
 
@@ -44,10 +45,29 @@ def test_kernel_heads_equal_exact_attention(ck, dtype: torch.dtype, atol: float,
     kernel = ck.SegmentKernel("vec", dtype, D, nq, n, block_ids)
     got = kernel.heads(query, cache, heads, scale=SCALE)
     k, v = gather_sequence_kv(cache, block_ids, n)
+    _assert_exact(got, query, k, v, heads, atol)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("heads", [(1, 2), (5, 3, 1)])
+def test_kernel_heads_read_the_layout_of_each_isa(ck, isa: str, heads: tuple[int, ...]) -> None:
+    """bfloat16 (what vLLM's ``amx`` ISA serves) over one-KV-head views of each layout."""
+    n, nq = 200, 37
+    cache, block_ids = _paged(n, torch.bfloat16, isa=isa)
+    query = torch.randn(nq, HQ, D, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    got = ck.SegmentKernel(isa, torch.bfloat16, D, nq, n, block_ids).heads(query, cache, heads, scale=SCALE)
+    k, v = gather_sequence_kv(cache, block_ids, n, isa)
+    _assert_exact(got, query, k, v, heads, 2e-2)
+
+
+def _assert_exact(got: torch.Tensor, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: tuple[int, ...],
+                  atol: float) -> None:
+    """``got [len(heads), Nq, D]`` is exact causal attention of those query heads over ``k, v [Hkv, N, D]``."""
+    nq = query.shape[0]
     idx = torch.tensor(heads)
     want = dense_tail_attention(query.transpose(0, 1)[idx].float(), k.float()[idx // (HQ // HKV)],
                                 v.float()[idx // (HQ // HKV)], scale=SCALE)
-    assert got.shape == (len(heads), nq, D) and got.dtype == dtype
+    assert got.shape == (len(heads), nq, D) and got.dtype == query.dtype
     torch.testing.assert_close(got.float(), want, atol=atol, rtol=0)
 
 
@@ -79,5 +99,11 @@ def test_kernel_rejects_a_segment_of_another_shape(ck) -> None:
         kernel.heads(torch.zeros(11, HQ, D), cache, (0,), scale=SCALE)
 
 
-def test_cache_layout_check_passes_for_the_isa_we_run(ck) -> None:
-    ck.check_cache_layout("vec", torch.bfloat16, 128, 64)
+@pytest.mark.parametrize("isa", ISAS)
+def test_cache_layout_check_passes_for_every_isa_we_read(ck, isa: str) -> None:
+    ck.check_cache_layout(isa, torch.bfloat16, 128, 64)
+
+
+def test_cache_layout_check_refuses_a_layout_without_a_reader(ck) -> None:
+    with pytest.raises(RuntimeError, match="not 'neon'; serve with --no-sparse"):
+        ck.check_cache_layout("neon", torch.bfloat16, 128, 64)

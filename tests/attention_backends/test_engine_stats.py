@@ -13,13 +13,15 @@ def test_writer_and_reader_share_counters(tmp_path: Path) -> None:
     path = tmp_path / "stats.bin"
     server = EngineStats(path, num_layers=4, create=True)
     engine = EngineStats(path, num_layers=4)
+    assert server.cache_layout is None
     engine.mark_active()
     engine.mark_active()
+    engine.set_cache_layout("amx")
     engine.add_tokens(sparse=1000, dense=24)
     engine.add_fallback("short_segment")
     engine.add_pairs(2, kept=30, causal=100)
     engine.add_pairs(2, kept=20, causal=100)
-    assert server.active_layers == 2
+    assert server.active_layers == 2 and server.cache_layout == "amx"
     assert (server.sparse_tokens, server.dense_tokens) == (1000, 24)
     assert server.fallbacks() == {r: int(r == "short_segment") for r in FALLBACK_REASONS}
     assert server.layer_density() == {2: pytest.approx(0.25)}

@@ -29,7 +29,8 @@ TP = 3  # 9 query / 3 KV heads: the only split of the default model; ranks share
 
 def test_startup_logs_backend_profile_and_head_counts(live_server) -> None:
     log = live_server.log_path.read_text(errors="replace")
-    assert "attention backend: sparse-serve SparseCPUAttentionBackend (wraps CPU_ATTN) on 30 layers" in log
+    assert ("attention backend: sparse-serve SparseCPUAttentionBackend (wraps CPU_ATTN) on 30 layers, "
+            "reading vLLM's 'vec' KV-cache layout") in log  # float32: never the AMX packing
     assert "smollm2-135m-instruct.json" in log and "vertical_slash heads" in log
     heads = counter(metrics(live_server), "sparse_heads")
     assert heads == 30 * 9
