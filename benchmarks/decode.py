@@ -58,7 +58,7 @@ from benchmarks.ttft import prompt_of, shipped_profile_for  # noqa: E402
 from profiles.schema import KvChoice, load_profile, save_profile  # noqa: E402
 from profiles.variants import with_kv  # noqa: E402
 from kvcache.params import parse_kv_params  # noqa: E402
-from server.cpu_host import cpu_flags, resolve_dtype  # noqa: E402
+from server.cpu_host import cpu_flags, cpu_model, resolve_dtype  # noqa: E402
 from server.model_prep import ensure_model  # noqa: E402
 from server.rope_variant import yarn_variant  # noqa: E402
 from tests.conftest import start_server, stop_server  # noqa: E402
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         print(" | ".join(str(row.get(k, "")) for k in keys))
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "model": str(model),
-                                         "dtype": dtype, "compressed_kv_heads": compressed_heads,
+                                         "host": cpu_model(), "dtype": dtype, "compressed_kv_heads": compressed_heads,
                                          "windowed_layers": windows.get("ours", (0, 0))[0],
                                          "rows": rows}, indent=2, default=str) + "\n")
     return 0

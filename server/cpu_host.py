@@ -48,6 +48,21 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set()
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The first CPU's model name with its widest vector ISA (``amx``, ``avx512``, ``avx2``), for benchmark records."""
+    name = "unknown CPU"
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags(cpuinfo)
+    isa = next((i for i, f in (("amx", "amx_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")) if f in flags), "other")
+    return f"{name} ({isa})"
+
+
 def resolve_dtype(requested: str, cuda: bool, flags: set[str]) -> str:
     """The dtype to give vLLM: `requested` unless it is `auto` on a CPU host."""
     if requested != "auto" or cuda:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from server.cpu_host import BIND_ENV, apply_cpu_binding, check_bind, cpu_flags, omp_bind, resolve_dtype
+from server.cpu_host import BIND_ENV, apply_cpu_binding, check_bind, cpu_flags, cpu_model, omp_bind, resolve_dtype
 
 
 def test_cpu_flags_reads_first_flags_line(tmp_path):
@@ -14,6 +14,15 @@ def test_cpu_flags_reads_first_flags_line(tmp_path):
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\nflags\t\t: other\n")
     assert cpu_flags(info) == {"fpu", "avx2", "fma"}
     assert cpu_flags(tmp_path / "missing") == set()
+
+
+def test_cpu_model_names_the_widest_vector_isa(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: Some Xeon\nflags\t\t: avx2 avx512f amx_bf16\n")
+    assert cpu_model(info) == "Some Xeon (amx)"
+    info.write_text("model name\t: Some EPYC\nflags\t\t: avx2 fma\n")
+    assert cpu_model(info) == "Some EPYC (avx2)"
+    assert cpu_model(tmp_path / "missing") == "unknown CPU (other)"
 
 
 @pytest.mark.parametrize("requested,cuda,flags,expected", [
