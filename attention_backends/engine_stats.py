@@ -7,8 +7,9 @@ tensor-parallel rank 0 adds to it, and ``/metrics`` reads it. Slots:
 
 ``active``: attention layers built with the sparse backend (proves at start-up that vLLM
 selected it); ``layout``: the ISA whose paged-cache layout the backend reads (1 + its index in
-:data:`attention_backends.paged_kv.ISAS`; 0 before a layer is built); ``sparse_tokens`` / ``dense_tokens``: prefill tokens run sparse / dense (counted
-once per segment, at the model's first layer); ``fallback[reason]``: sparse-eligible segments
+:data:`attention_backends.paged_kv.ISAS`; 0 before a layer is built); ``sparse_tokens`` /
+``dense_tokens``: prefill tokens run sparse / dense (counted once per segment, at the model's
+first layer); ``fallback[reason]``: sparse-eligible segments
 that ran dense, per reason; ``kept[layer]`` / ``causal[layer]``: pairs computed and causal
 pairs of sparse segments, per layer (their ratio is the layer's mean density); ``kv[name]``:
 compressed decode (:mod:`kvcache`), see :data:`KV_COUNTERS` and :data:`KV_GAUGES`.
