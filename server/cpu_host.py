@@ -37,30 +37,27 @@ def check_bind(value: str, ranks: int) -> None:
                          "(tensor x pipeline parallel size); separate them with '|'")
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The instruction-set flags of the first CPU (empty when unreadable)."""
+def _first_cpu_field(cpuinfo: Path, name: str) -> str | None:
+    """The value of the first ``name`` line of ``cpuinfo`` (``None`` when absent or unreadable)."""
     try:
         for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+            if line.startswith(name):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The instruction-set flags of the first CPU (empty when unreadable)."""
+    return set((_first_cpu_field(cpuinfo, "flags") or "").split())
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The first CPU's model name with its widest vector ISA (``amx``, ``avx512``, ``avx2``), for benchmark records."""
-    name = "unknown CPU"
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     flags = cpu_flags(cpuinfo)
     isa = next((i for i, f in (("amx", "amx_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")) if f in flags), "other")
-    return f"{name} ({isa})"
+    return f"{_first_cpu_field(cpuinfo, 'model name') or 'unknown CPU'} ({isa})"
 
 
 def resolve_dtype(requested: str, cuda: bool, flags: set[str]) -> str:
