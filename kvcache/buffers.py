@@ -9,6 +9,9 @@ its prefill in one append, and without it the first chunk leaving the decode win
 whole prefilled history (25 MB per buffer and layer for a 32K float32 request). A buffer can drop
 rows from the front (sliding windows) and reports the bytes it *holds* (its capacity, not its length). The offload tier is host memory, pinned when CUDA is
 available so host-to-device copies can be asynchronous.
+
+:class:`LandmarkBuffer` holds a store's chunk landmarks in the blocked layout that the C decode
+kernel scores without horizontal sums (16 landmarks per vector, one per lane).
 """
 
 from __future__ import annotations
@@ -86,3 +89,68 @@ class TokenBuffer:
     def free(self) -> None:
         self._data = _alloc(self.heads, 0, self.width, self.dtype, self.device, self.pinned)
         self._start = self._len = 0
+
+
+LANDMARK_BLOCK = 16
+"""Landmarks per block of :class:`LandmarkBuffer` (one per float32 lane of an AVX-512 vector)."""
+
+
+class LandmarkBuffer:
+    """Chunk landmarks ``[H, C, D]`` in bfloat16, appended along C, stored in blocks of 16 with dims paired.
+
+    Memory ``[H, blocks, D/2, 16, 2]``: landmark ``c``'s dims ``2t, 2t + 1`` sit at block ``c // 16``,
+    pair ``t``, lane ``c % 16``. The decode kernel (``kvcache/csrc/vec_math.h``, ``blocked_dots``)
+    reads one pair of 16 landmarks as one vector, so a query's dot products accumulate lane-wise
+    with no horizontal sum per landmark, and AVX512-BF16 multiplies both dims of a pair in one
+    instruction. :meth:`view` gives the PyTorch path the row-major ``[H, C, D]`` (a copy). Capacity
+    grows as :class:`TokenBuffer`'s, in whole blocks; unused lanes are zero.
+    """
+
+    dtype = torch.bfloat16
+
+    def __init__(self, heads: int, width: int, *, device: torch.device | str) -> None:
+        if width % 2:
+            raise ValueError(f"landmark width must be even (dims are stored in pairs); got {width}")
+        self.heads, self.width = heads, width
+        self.device = torch.device(device)
+        self._data = self._alloc(0)
+        self._len = 0
+
+    def _alloc(self, blocks: int) -> torch.Tensor:
+        return torch.zeros(self.heads, blocks, self.width // 2, LANDMARK_BLOCK, 2, dtype=self.dtype, device=self.device)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def view(self) -> torch.Tensor:
+        """The landmarks ``[H, len, D]``, row-major (a copy)."""
+        rows = self._data.permute(0, 1, 3, 2, 4).reshape(self.heads, -1, self.width)
+        return rows[:, : self._len]
+
+    def rows_address(self) -> tuple[int, int]:
+        """Address of head 0's first block, and elements between heads."""
+        return self._data.data_ptr(), self._data.stride(0)
+
+    def append(self, x: torch.Tensor) -> None:
+        """Append landmarks ``x [H, T, D]``."""
+        if x.dim() != 3 or x.shape[0] != self.heads or x.shape[2] != self.width:
+            raise ValueError(f"expected [{self.heads}, T, {self.width}]; got {tuple(x.shape)}")
+        t = x.shape[1]
+        need = self._len + t
+        if need > self._data.shape[1] * LANDMARK_BLOCK:
+            rows = need + max(need // 64, 16)
+            new = self._alloc(-(-rows // LANDMARK_BLOCK))
+            new[:, : self._data.shape[1]] = self._data
+            self._data = new
+        pos = torch.arange(self._len, need, device=self.device)
+        pairs = x.to(self.device, self.dtype).transpose(0, 1).reshape(t, self.heads, self.width // 2, 2)
+        self._data[:, pos // LANDMARK_BLOCK, :, pos % LANDMARK_BLOCK] = pairs  # advanced dims lead: [T, H, D/2, 2]
+        self._len = need
+
+    def nbytes(self) -> int:
+        """Bytes held (capacity)."""
+        return self._data.numel() * self._data.element_size()
+
+    def free(self) -> None:
+        self._data = self._alloc(0)
+        self._len = 0

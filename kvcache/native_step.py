@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .native import load_kernel
-from .buffers import TokenBuffer
+from .buffers import LandmarkBuffer, TokenBuffer
 from .params import NosaKvParams
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class _StepArgs(ctypes.Structure):
 
     _fields_ = [
         *((name, _i32) for name in ("hkv", "group", "d", "dtype", "chunk", "max_change", "budget", "n_sink", "rank",
-                                    "n_outlier_chunks", "capacity", "prev_chunks", "landmark_dtype")),
+                                    "n_outlier_chunks", "capacity", "prev_chunks")),
         *((name, _i64) for name in ("seq_len", "window_start", "n_fit", "n_pending", "n_win", "n_sink_stored",
                                     "slot_cols", "clock")),
         ("scale", ctypes.c_float), ("q", _ptr), ("out", _ptr), ("landmarks", _HeadRows), ("outliers", _ptr),
@@ -49,7 +49,7 @@ class _StepArgs(ctypes.Structure):
     ]
 
 
-def _rows(buffer: TokenBuffer) -> _HeadRows:
+def _rows(buffer: TokenBuffer | LandmarkBuffer) -> _HeadRows:
     """A buffer's live rows (contiguous within each head) as pointer + head stride."""
     return _HeadRows(*buffer.rows_address())
 
@@ -93,7 +93,7 @@ def _prepare(store: SequenceKvStore, q: torch.Tensor, scale: float) -> _Call | N
     positions = torch.zeros(hkv, dtype=torch.int64)
     cos, sin = store.rope.halves(max(ws, 1))
     a = _StepArgs(hkv=hkv, group=q.shape[0] // hkv, d=d, dtype=_DTYPES[store.dtype],
-                  landmark_dtype=_DTYPES[store.landmarks.dtype], chunk=p.chunk,
+                  chunk=p.chunk,
                   max_change=p.max_change if isinstance(p, NosaKvParams) else -1, budget=p.budget, n_sink=p.n_sink,
                   n_outlier_chunks=store.outliers.shape[1], seq_len=store.seq_len, window_start=ws,
                   n_win=len(store.win_k), n_sink_stored=len(store.sink_k), scale=scale,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .buffers import TokenBuffer, offload_device_pinned
+from .buffers import LandmarkBuffer, TokenBuffer, offload_device_pinned
 from .decode_attention import padded_positions, sparse_decode_attention
 from .landmarks import chunk_landmarks, chunk_positions, outlier_chunks
 from .lowrank import LowRankKeys, fit_lowrank, rebuild
@@ -49,7 +49,7 @@ from .selection import local_start, select_positions
 
 AnyKvParams = FullKvParams | StreamingKvParams | ShadowKvParams | NosaKvParams
 
-LANDMARK_DTYPE = torch.bfloat16
+LANDMARK_DTYPE = LandmarkBuffer.dtype
 """Dtype of the chunk landmarks, whatever the store's dtype. Landmarks only rank chunks (the attention
 over the chosen ones reads exact keys), and every decode step reads all of them: bfloat16 halves
 those reads and their pool bytes against float32 (32 -> 16 bytes per head-token at chunk 8 and
@@ -107,7 +107,7 @@ class SequenceKvStore:
         self.win_k_pre = TokenBuffer(num_kv_heads, head_dim, **pool) if self.low_rank else None
         self.sink_k = TokenBuffer(num_kv_heads, head_dim, **pool)
         self.sink_v = TokenBuffer(num_kv_heads, head_dim, **pool)
-        self.landmarks = TokenBuffer(num_kv_heads, head_dim, dtype=LANDMARK_DTYPE, device=self.device)
+        self.landmarks = LandmarkBuffer(num_kv_heads, head_dim, device=self.device)
         self.pending_pre = TokenBuffer(num_kv_heads, head_dim, **pool)
         offload = dict(dtype=dtype, device="cpu", pinned=offload_device_pinned())
         self.offload_v = TokenBuffer(num_kv_heads, head_dim, **offload)

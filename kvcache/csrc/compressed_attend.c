@@ -124,6 +124,34 @@ static void add_weighted(const float *p, int64_t p_stride, int g, const void *va
     }
 }
 
+/* Spans are scattered (resident slots, offloaded chunks): the next one's rows (up to 4 KB) are
+ * fetched while this one is read. */
+static inline void prefetch_span(const void *rows, int64_t n, size_t row_bytes) {
+    prefetch_bytes(rows, (size_t)n * row_bytes < 4096 ? (size_t)n * row_bytes : 4096);
+}
+
+/* logits [g][m] = scale * q_j . key_i for the m rows of the spans in order, VL rows at a time
+ * across span boundaries (most spans are one chunk: fewer rows than a vector has lanes). */
+static void span_dots(const StepArgs *a, const float *q, const Span *spans, int64_t n_spans, float *logits, int64_t m) {
+    int g = a->group, d = a->d;
+    size_t row_bytes = (size_t)d * (a->dtype == BF16 ? 2 : 4);
+    uint32_t pairs[g * (d / 2)];
+    const uint32_t *qp = a->dtype == BF16 && bf16_pairs(q, (int64_t)g * d, pairs) ? pairs : NULL;
+    const void *rows[VL];
+    int cnt = 0;
+    int64_t at = 0;
+    for (int64_t s = 0; s < n_spans; s++) {
+        if (s + 1 < n_spans) prefetch_span(spans[s + 1].k, spans[s + 1].rows, row_bytes);
+        for (int64_t r = 0; r < spans[s].rows; r++) {
+            rows[cnt++] = (const char *)spans[s].k + (size_t)r * row_bytes;
+            if (cnt < VL) continue;
+            row_dots(rows, VL, q, qp, g, d, a->dtype, a->scale, logits + at, m);
+            at += VL, cnt = 0;
+        }
+    }
+    if (cnt) row_dots(rows, cnt, q, qp, g, d, a->dtype, a->scale, logits + at, m);
+}
+
 /* Exact softmax attention of the head's g queries over the rows of its spans (read in place). */
 static void attend_spans(const StepArgs *a, int h, const Span *spans, int64_t n_spans, int64_t m, Work *w) {
     int g = a->group, d = a->d;
@@ -131,16 +159,18 @@ static void attend_spans(const StepArgs *a, int h, const Span *spans, int64_t n_
     const float *q = a->q + (int64_t)h * g * d;
     memset(out, 0, sizeof(float) * (size_t)(g * d));
     if (m == 0) return;
-    for (int64_t s = 0, at = 0; s < n_spans; at += spans[s++].rows)
-        scaled_dots(q, g, spans[s].k, a->dtype, spans[s].rows, d, a->scale, w->logits + at, m);
+    span_dots(a, q, spans, n_spans, w->logits, m);
     for (int j = 0; j < g; j++) {
         float *lg = w->logits + j * m, mx = -INFINITY;
         for (int64_t i = 0; i < m; i++) mx = lg[i] > mx ? lg[i] : mx;
         exp_shifted(lg, lg, m, mx);
         inv_z[j] = 1.f / sum(lg, m);
     }
-    for (int64_t s = 0, at = 0; s < n_spans; at += spans[s++].rows)
+    size_t row_bytes = (size_t)d * (a->dtype == BF16 ? 2 : 4);
+    for (int64_t s = 0, at = 0; s < n_spans; at += spans[s++].rows) {
+        if (s + 1 < n_spans) prefetch_span(spans[s + 1].v, spans[s + 1].rows, row_bytes);
         add_weighted(w->logits + at, m, g, spans[s].v, a->dtype, spans[s].rows, d, out);
+    }
     for (int j = 0; j < g; j++)
         for (int t = 0; t < d; t += VL) st(out + (int64_t)j * d + t, ld(out + (int64_t)j * d + t) * inv_z[j]);
 }

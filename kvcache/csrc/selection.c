@@ -14,8 +14,8 @@ void mark_outliers(const StepArgs *a, int h, int64_t C, Work *w) {
 
 void landmark_scores(const StepArgs *a, int h, int64_t C, Work *w) {
     int g = a->group, d = a->d;
-    const void *marks = (const char *)a->landmarks.ptr + h * a->landmarks.head_stride * (a->landmark_dtype == BF16 ? 2 : 4);
-    scaled_dots(a->q + (int64_t)h * g * d, g, marks, a->landmark_dtype, C, d, a->scale, w->logits, C);
+    const uint16_t *marks = (const uint16_t *)a->landmarks.ptr + h * a->landmarks.head_stride;
+    blocked_dots(a->q + (int64_t)h * g * d, g, marks, C, d, a->scale, w->logits, C);
     for (int64_t c = 0; c < C; c++) w->rank_score[c] = -INFINITY;
     for (int j = 0; j < g; j++) {
         float *s = w->logits + j * C, m = -INFINITY, z = 0.f;

@@ -3,7 +3,7 @@
 #ifndef SPARSE_SERVE_STEP_H
 #define SPARSE_SERVE_STEP_H
 
-#include "vec_math.h"
+#include "dots.h"
 
 typedef struct {
     const void *ptr;   /* element type: the store dtype unless stated */
@@ -12,12 +12,12 @@ typedef struct {
 
 typedef struct {
     int32_t hkv, group, d, dtype, chunk, max_change; /* max_change < 0: ShadowKV selection */
-    int32_t budget, n_sink, rank, n_outlier_chunks, capacity, prev_chunks, landmark_dtype;
+    int32_t budget, n_sink, rank, n_outlier_chunks, capacity, prev_chunks;
     int64_t seq_len, window_start, n_fit, n_pending, n_win, n_sink_stored, slot_cols, clock;
     float scale;
     const float *q;            /* [hkv*group, d] float32 */
     float *out;                /* [hkv*group, d] float32 */
-    HeadRows landmarks;        /* [hkv][C = window_start / chunk][d], landmark_dtype */
+    HeadRows landmarks;        /* [hkv][C = window_start / chunk][d] bfloat16, blocked: vec_math.h blocked_dots */
     const int64_t *outliers;   /* [hkv, n_outlier_chunks] chunk ids, ascending */
     const void *outlier_k, *outlier_v; /* [hkv, n_outlier_chunks*chunk, d] contiguous */
     const void *factor_a;      /* [n_fit, rank] */

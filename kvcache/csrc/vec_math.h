@@ -1,5 +1,6 @@
 /* Element access (float32 / bfloat16 rows), float vectors, a fast exp and a top-k by quickselect:
- * the primitives of compressed_attend.c (a header of static functions, included once). */
+ * the primitives of compressed_attend.c (a header of static functions, included once; the dot
+ * products are in dots.h). */
 #pragma once
 #include <math.h>
 #include <stdint.h>
@@ -80,12 +81,6 @@ static inline float hsum(vf x) {
     return x[0];
 }
 
-static inline float dot(const float *a, const float *b, int d) {
-    vf acc = {0};
-    for (int i = 0; i < d; i += VL) acc += ld(a + i) * ld(b + i);
-    return hsum(acc);
-}
-
 /* out[k] = hsum(x[k]) for VL vectors at once: a fold tree of VL - 1 two-vector shuffles (vs VL
  * separate folds). Level l keeps, of each block of 2h lanes (h = VL >> (l + 1)), the first h lanes
  * of both inputs (lo) and the last h (hi); the tree leaves lane j with the sum of input bitrev(j),
@@ -144,46 +139,9 @@ static inline __attribute__((always_inline)) const float *next_block(RowBlocks *
     return b->blk;
 }
 
-/* out[j * out_stride + i] = scale * (q_j . rows_i) for g float32 queries q [g][d] and n rows [n][d]
- * of the store dtype: VL rows at a time (widened once), read from L1 by every query, their dots
- * folded together. nv = d / VL and dtype are constants at the call sites (scaled_dots), so the
- * compiler unrolls the row loops. */
-static inline __attribute__((always_inline)) void scaled_dots_nv(const float *q, int g, const void *rows, int64_t n,
-                                                                 int d, float scale, float *out, int64_t out_stride,
-                                                                 const int dtype, const int nv) {
-    RowBlocks b; /* not zero-initialized: blk is 8-16 KB */
-    b.rows = rows, b.n = n, b.i = b.cnt = 0;
-    for (const float *r; (r = next_block(&b, d, dtype, nv));) {
-        int64_t i = b.i, cnt = b.cnt;
-        for (int j = 0; j < g; j++) {
-            const float *qj = q + (int64_t)j * d;
-            float *o = out + j * out_stride + i;
-            if (cnt < VL) {
-                for (int64_t k = 0; k < cnt; k++) o[k] = dot(qj, r + k * d, d) * scale;
-                continue;
-            }
-            vf acc[VL];
-            for (int k = 0; k < VL; k++) {
-                acc[k] = ld(qj) * ld(r + k * d);
-                for (int t = 1; t < nv; t++) acc[k] += ld(qj + t * VL) * ld(r + k * d + t * VL);
-            }
-            hsum_lanes(acc, o);
-            for (int k = 0; k < VL; k++) o[k] *= scale;
-        }
-    }
-}
-
-static inline void scaled_dots(const float *q, int g, const void *rows, int dtype, int64_t n, int d, float scale,
-                               float *out, int64_t out_stride) {
-    if (dtype == BF16) {
-        if (d == 64) scaled_dots_nv(q, g, rows, n, 64, scale, out, out_stride, BF16, 64 / VL);
-        else if (d == 128) scaled_dots_nv(q, g, rows, n, 128, scale, out, out_stride, BF16, 128 / VL);
-        else scaled_dots_nv(q, g, rows, n, d, scale, out, out_stride, BF16, d / VL);
-    } else {
-        if (d == 64) scaled_dots_nv(q, g, rows, n, 64, scale, out, out_stride, F32, 64 / VL);
-        else if (d == 128) scaled_dots_nv(q, g, rows, n, 128, scale, out, out_stride, F32, 128 / VL);
-        else scaled_dots_nv(q, g, rows, n, d, scale, out, out_stride, F32, d / VL);
-    }
+/* Software prefetch of bytes [p, p + n) into the caches (addresses past an array are harmless). */
+static inline void prefetch_bytes(const void *p, size_t n) {
+    for (size_t i = 0; i < n; i += 64) __builtin_prefetch((const char *)p + i);
 }
 
 static inline float sum(const float *x, int64_t n) {

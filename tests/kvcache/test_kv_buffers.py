@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvcache.buffers import TokenBuffer
+from kvcache.buffers import LANDMARK_BLOCK, LandmarkBuffer, TokenBuffer
 
 
 def test_appends_drops_and_gathers_read_the_live_rows() -> None:
@@ -39,3 +39,24 @@ def test_growth_leaves_headroom_from_the_first_append() -> None:
     small = TokenBuffer(1, 2, dtype=torch.float32, device="cpu")
     small.append(torch.randn(1, 3, 2))
     assert small.nbytes() == (3 + 16) * 2 * 4
+
+
+def test_landmark_buffer_keeps_blocks_of_16_with_dims_paired() -> None:
+    """Appends of any size (one landmark per decode chunk, thousands at prefill) land in the blocked layout."""
+    buf = LandmarkBuffer(3, 8, device="cpu")
+    marks = torch.randn(3, 70, 8)
+    for start, stop in ((0, 1), (1, 40), (40, 41), (41, 70)):
+        buf.append(marks[:, start:stop])
+    assert len(buf) == 70 and buf.view().dtype == torch.bfloat16
+    assert torch.equal(buf.view(), marks.to(torch.bfloat16))
+    raw = buf._data  # [H, blocks, D/2, 16, 2]: landmark 37's dims 4, 5 sit at block 2, pair 2, lane 5
+    assert raw.shape[2:] == (4, LANDMARK_BLOCK, 2)
+    assert torch.equal(raw[1, 2, 2, 5], marks[1, 37, 4:6].to(torch.bfloat16))
+    assert buf.nbytes() == raw.shape[1] * 3 * LANDMARK_BLOCK * 8 * 2 and raw.shape[1] * LANDMARK_BLOCK >= 70 + 16
+    assert buf.rows_address() == (raw.data_ptr(), raw.stride(0))
+    with pytest.raises(ValueError, match="expected \\[3, T, 8\\]"):
+        buf.append(torch.randn(3, 1, 6))
+    with pytest.raises(ValueError, match="even"):
+        LandmarkBuffer(1, 7, device="cpu")
+    buf.free()
+    assert len(buf) == 0 and buf.nbytes() == 0 and buf.view().shape == (3, 0, 8)

@@ -82,6 +82,20 @@ def test_kernel_equals_reference_over_decode_steps(params, dtype, n0) -> None:
 
 
 @needs_kernel
+def test_bfloat16_store_with_float32_queries_selects_as_the_reference() -> None:
+    """Queries that are not bfloat16 values skip the bf16 pair products (they would round the query)."""
+    (fast, ref), g = _pair(NosaKvParams(budget=512, n_local=16, max_change=4, resident_chunks=40), 4003, torch.bfloat16)
+    for step in range(20):
+        q = 2 * torch.randn(HQ, D, generator=g)
+        assert torch.any(q != q.to(torch.bfloat16).float())
+        out_f, stats_f = fast.attend(q, 0.125)
+        out_r, stats_r = ref.attend(q, 0.125)
+        assert replace(stats_f, native=False) == stats_r, step
+        assert torch.equal(fast.previous_chunks, ref.previous_chunks)
+        torch.testing.assert_close(out_f.float(), out_r.float(), atol=2e-2, rtol=2e-2)
+
+
+@needs_kernel
 def test_kernel_full_budget_equals_dense_attention() -> None:
     """Full rank and a budget over the context: the kernel's step is exact decode attention."""
     g = torch.Generator().manual_seed(5)
