@@ -161,9 +161,8 @@ static void attend_spans(const StepArgs *a, int h, const Span *spans, int64_t n_
     if (m == 0) return;
     span_dots(a, q, spans, n_spans, w->logits, m);
     for (int j = 0; j < g; j++) {
-        float *lg = w->logits + j * m, mx = -INFINITY;
-        for (int64_t i = 0; i < m; i++) mx = lg[i] > mx ? lg[i] : mx;
-        exp_shifted(lg, lg, m, mx);
+        float *lg = w->logits + j * m;
+        exp_shifted(lg, lg, m, max_of(lg, m));
         inv_z[j] = 1.f / sum(lg, m);
     }
     size_t row_bytes = (size_t)d * (a->dtype == BF16 ? 2 : 4);
@@ -267,7 +266,7 @@ typedef struct {
     size_t bytes;
 } Scratch;
 
-enum { S_RANK, S_CAND_EXP, S_LOGITS, S_CAND, S_IN_PREV, S_TOP, S_FRESH, S_OUTLIER, S_B, S_KEYS, S_SPANS,
+enum { S_RANK, S_LOGITS, S_CAND, S_IN_PREV, S_TOP, S_FRESH, S_OUTLIER, S_B, S_KEYS, S_SPANS,
        S_REBUILT, S_COEF, S_POS, S_COUNT };
 
 /* Per thread, kept across calls (the OpenMP threads persist): a step allocates nothing once the
@@ -290,7 +289,6 @@ static int selection_space(const StepArgs *a, int64_t C, Work *w) {
     size_t c1 = (size_t)C + 1, d = (size_t)a->d;
     memset(w, 0, sizeof *w);
     w->rank_score = (float *)reserve(S_RANK, sizeof(float) * c1);
-    w->cand_exp = (float *)reserve(S_CAND_EXP, sizeof(float) * c1);
     w->logits = (float *)reserve(S_LOGITS, sizeof(float) * (size_t)a->group * c1);
     w->cand = (Scored *)reserve(S_CAND, sizeof(Scored) * c1);
     w->in_prev = (uint8_t *)reserve(S_IN_PREV, c1);
@@ -298,7 +296,7 @@ static int selection_space(const StepArgs *a, int64_t C, Work *w) {
     w->fresh = (uint8_t *)reserve(S_FRESH, c1);
     w->outlier = (uint8_t *)reserve(S_OUTLIER, c1);
     w->b = (float *)reserve(S_B, sizeof(float) * (size_t)(a->rank + 1) * d);
-    return (w->rank_score && w->cand_exp && w->logits && w->cand && w->in_prev && w->top && w->fresh && w->outlier
+    return (w->rank_score && w->logits && w->cand && w->in_prev && w->top && w->fresh && w->outlier
             && w->b) ? 0 : -2;
 }
 

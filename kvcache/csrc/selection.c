@@ -17,16 +17,10 @@ void landmark_scores(const StepArgs *a, int h, int64_t C, Work *w) {
     const uint16_t *marks = (const uint16_t *)a->landmarks.ptr + h * a->landmarks.head_stride;
     blocked_dots(a->q + (int64_t)h * g * d, g, marks, C, d, a->scale, w->logits, C);
     for (int64_t c = 0; c < C; c++) w->rank_score[c] = -INFINITY;
-    for (int j = 0; j < g; j++) {
-        float *s = w->logits + j * C, m = -INFINITY, z = 0.f;
-        for (int64_t c = 0; c < C; c++) m = s[c] > m ? s[c] : m;
-        exp_shifted(w->cand_exp, s, C, m);
-        z = sum(w->cand_exp, C);
-        float lse = m + logf(z);
-        for (int64_t c = 0; c < C; c++) {
-            float v = s[c] - lse;
-            if (v > w->rank_score[c]) w->rank_score[c] = v;
-        }
+    for (int j = 0; j < g; j++) { /* log-softmax over the chunks, max over the group */
+        const float *s = w->logits + j * C;
+        float m = max_of(s, C);
+        max_shifted_into(w->rank_score, s, C, m + logf(sum_exp_shifted(s, C, m)));
     }
 }
 
@@ -70,13 +64,42 @@ static void best_of(const StepArgs *a, int h, int64_t C, int64_t sinks, const ui
     for (int i = 0; i < k; i++) out[w->cand[i].i] = 1;
 }
 
+/* best_of over every eligible chunk (allow NULL), without building the candidates: the bucket
+ * count of select_best run on the scores in place (the same set: exact top k by score desc, index
+ * asc). Chunks below c0 hold only sinks; outliers are skipped. */
+static void best_of_all(const StepArgs *a, int h, int64_t C, int64_t sinks, int64_t k, uint8_t *out, Work *w) {
+    const float *s = w->rank_score;
+    const uint8_t *outlier = w->outlier;
+    int64_t c0 = sinks / a->chunk, n = 0;
+    for (int64_t c = c0; c < C; c++) n += !outlier[c];
+    float lo = min_of(s + c0, C - c0), hi = max_of(s + c0, C - c0); /* outliers included: a wider range is fine */
+    if (k <= 0 || k >= n || n < 4 * SELECT_BUCKETS / 16 || !(hi > lo) || !isfinite(hi) || !isfinite(lo)) {
+        best_of(a, h, C, sinks, NULL, k, out, w);
+        return;
+    }
+    float scale = (SELECT_BUCKETS - 1) / (hi - lo);
+    int count[SELECT_BUCKETS] = {0};
+    for (int64_t c = c0; c < C; c++) count[(int)((s[c] - lo) * scale)] += !outlier[c];
+    int b = SELECT_BUCKETS - 1, above = 0;
+    while (above + count[b] < k) above += count[b--];
+    int t = 0; /* the better buckets marked whole; bucket b's chunks ordered exactly */
+    for (int64_t c = c0; c < C; c++) {
+        if (outlier[c]) continue;
+        int bi = (int)((s[c] - lo) * scale);
+        if (bi > b) out[c] = 1;
+        else if (bi == b) w->cand[t++] = (Scored){s[c], (int32_t)c};
+    }
+    quickselect_best(w->cand, t, (int)k - above);
+    for (int i = 0; i < k - above; i++) out[w->cand[i].i] = 1;
+}
+
 /* NOSA: top `count`, at most max_change of them new against the previous step's set. */
 void take_constrained(const StepArgs *a, int h, int64_t C, int64_t sinks, int64_t count, uint8_t *taken, Work *w) {
     if (count < 0) count = 0;
-    if (!a->previous) { best_of(a, h, C, sinks, NULL, count, taken, w); return; }
+    if (!a->previous) { best_of_all(a, h, C, sinks, count, taken, w); return; }
     uint8_t *top = w->top;
     memset(top, 0, (size_t)C);
-    best_of(a, h, C, sinks, NULL, count, top, w);
+    best_of_all(a, h, C, sinks, count, top, w);
     memset(w->in_prev, 0, (size_t)C);
     for (int64_t c = 0; c < a->prev_chunks && c < C; c++) w->in_prev[c] = a->previous[(int64_t)h * a->prev_chunks + c];
     int64_t n_cand = 0;

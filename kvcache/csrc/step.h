@@ -48,7 +48,6 @@ typedef struct Span {
  * which persist across calls and only grow. Sizes: C chunks, M gathered rows, S selected positions. */
 typedef struct {
     float *rank_score;  /* [C] max over the group of log-softmax landmark scores */
-    float *cand_exp;    /* [C] */
     float *logits;      /* [group, C] then [group, M] */
     Scored *cand;       /* [C] */
     uint8_t *in_prev;   /* [C] */

@@ -153,6 +153,38 @@ static inline float sum(const float *x, int64_t n) {
     return s;
 }
 
+/* max (sign 1) or min (sign -1) of x [n], NaNs skipped; -sign * inf when n is 0. VL lanes at a time. */
+static inline __attribute__((always_inline)) float extreme_of(const float *x, int64_t n, const float sign) {
+    vf acc = splat(-sign * INFINITY);
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        vf v = ld(x + i);
+        vfi better = v * sign > acc * sign;
+        acc = (vf)(((vfi)v & better) | ((vfi)acc & ~better));
+    }
+    float m = -sign * INFINITY;
+    for (int k = 0; k < VL; k++) m = acc[k] * sign > m * sign ? acc[k] : m;
+    for (; i < n; i++) m = x[i] * sign > m * sign ? x[i] : m;
+    return m;
+}
+
+static inline float max_of(const float *x, int64_t n) { return extreme_of(x, n, 1.f); }
+static inline float min_of(const float *x, int64_t n) { return extreme_of(x, n, -1.f); }
+
+/* dst[i] = max(dst[i], src[i] - shift) for i < n. */
+static inline void max_shifted_into(float *dst, const float *src, int64_t n, float shift) {
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        vf v = ld(src + i) - shift, o = ld(dst + i);
+        vfi gt = v > o;
+        st(dst + i, (vf)(((vfi)v & gt) | ((vfi)o & ~gt)));
+    }
+    for (; i < n; i++) {
+        float v = src[i] - shift;
+        if (v > dst[i]) dst[i] = v;
+    }
+}
+
 /* exp for x <= 0 (softmax after max subtraction): 2^n * p(r), |rel err| < 2e-7; 0 below -87. */
 static inline float exp_neg(float x) {
     int under = x < -87.f;
@@ -184,6 +216,16 @@ static inline void exp_shifted(float *dst, const float *src, int64_t n, float sh
     int64_t i = 0;
     for (; i + VL <= n; i += VL) st(dst + i, exp_neg_v(ld(src + i) - shift));
     for (; i < n; i++) dst[i] = exp_neg(src[i] - shift);
+}
+
+/* sum(exp_neg(src[i] - shift)) for i < n: sum(exp_shifted(...)) without storing the exps (same order). */
+static inline float sum_exp_shifted(const float *src, int64_t n, float shift) {
+    vf acc = {0};
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) acc += exp_neg_v(ld(src + i) - shift);
+    float s = hsum(acc);
+    for (; i < n; i++) s += exp_neg(src[i] - shift);
+    return s;
 }
 
 /* ---- top-k by (score desc, index asc) ----------------------------------------------------- */
