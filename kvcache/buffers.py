@@ -99,7 +99,7 @@ class LandmarkBuffer:
     """Chunk landmarks ``[H, C, D]`` in bfloat16, appended along C, stored in blocks of 16 with dims paired.
 
     Memory ``[H, blocks, D/2, 16, 2]``: landmark ``c``'s dims ``2t, 2t + 1`` sit at block ``c // 16``,
-    pair ``t``, lane ``c % 16``. The decode kernel (``kvcache/csrc/vec_math.h``, ``blocked_dots``)
+    pair ``t``, lane ``c % 16``. The decode kernel (``kvcache/csrc/dots.h``, ``blocked_dots``)
     reads one pair of 16 landmarks as one vector, so a query's dot products accumulate lane-wise
     with no horizontal sum per landmark, and AVX512-BF16 multiplies both dims of a pair in one
     instruction. :meth:`view` gives the PyTorch path the row-major ``[H, C, D]`` (a copy). Capacity

@@ -22,7 +22,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-CSRC = Path(__file__).parent / "csrc"  # compressed_attend.c (entry points), selection.c, step.h, vec_math.h
+CSRC = Path(__file__).parent / "csrc"  # compressed_attend.c (entry points), selection.c, step.h, dots.h, vec_math.h
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=gnu11", "-fopenmp", "-shared", "-fPIC")
 
 
