@@ -73,19 +73,18 @@ static void best_of_all(const StepArgs *a, int h, int64_t C, int64_t sinks, int6
     int64_t c0 = sinks / a->chunk, n = 0;
     for (int64_t c = c0; c < C; c++) n += !outlier[c];
     float lo = min_of(s + c0, C - c0), hi = max_of(s + c0, C - c0); /* outliers included: a wider range is fine */
-    if (k <= 0 || k >= n || n < 4 * SELECT_BUCKETS / 16 || !(hi > lo) || !isfinite(hi) || !isfinite(lo)) {
+    Buckets bk;
+    if (k <= 0 || k >= n || !make_buckets(lo, hi, n, &bk)) {
         best_of(a, h, C, sinks, NULL, k, out, w);
         return;
     }
-    float scale = (SELECT_BUCKETS - 1) / (hi - lo);
-    int count[SELECT_BUCKETS] = {0};
-    for (int64_t c = c0; c < C; c++) count[(int)((s[c] - lo) * scale)] += !outlier[c];
-    int b = SELECT_BUCKETS - 1, above = 0;
-    while (above + count[b] < k) above += count[b--];
+    int count[SELECT_BUCKETS] = {0}, above;
+    for (int64_t c = c0; c < C; c++) count[bucket_of(bk, s[c])] += !outlier[c];
+    int b = boundary_bucket(count, (int)k, &above);
     int t = 0; /* the better buckets marked whole; bucket b's chunks ordered exactly */
     for (int64_t c = c0; c < C; c++) {
         if (outlier[c]) continue;
-        int bi = (int)((s[c] - lo) * scale);
+        int bi = bucket_of(bk, s[c]);
         if (bi > b) out[c] = 1;
         else if (bi == b) w->cand[t++] = (Scored){s[c], (int32_t)c};
     }

@@ -259,10 +259,26 @@ static inline void quickselect_best(Scored *v, int n, int k) {
 /* select_best's bucket count: scores are spread linearly over this many buckets of [min, max]. */
 #define SELECT_BUCKETS 1024
 
-/* Moves the k best of v[0..n) to v[0..k) (unordered; v[k..n) is left undefined), the same set as
- * quickselect_best: one counting pass over linear score buckets finds the bucket holding the k-th
- * best; the better buckets are taken whole and only that bucket is ordered exactly (the bucket
- * index is monotone in the score, so ties stay ordered by index). */
+/* Linear buckets of the scores' range [lo, hi] (a higher bucket holds better scores). */
+typedef struct { float lo, scale; } Buckets;
+
+/* Whether n scores spanning [lo, hi] are worth bucketing (else quickselect them); sets *bk. */
+static inline int make_buckets(float lo, float hi, int64_t n, Buckets *bk) {
+    if (n < 4 * SELECT_BUCKETS / 16 || !(hi > lo) || !isfinite(hi) || !isfinite(lo)) return 0;
+    bk->lo = lo, bk->scale = (SELECT_BUCKETS - 1) / (hi - lo);
+    return 1;
+}
+
+static inline int bucket_of(Buckets bk, float s) { return (int)((s - bk.lo) * bk.scale); }
+
+/* The bucket holding the k-th best of the counted scores; *above: how many lie in better buckets. */
+static inline int boundary_bucket(const int *count, int k, int *above) {
+    int b = SELECT_BUCKETS - 1;
+    *above = 0;
+    while (*above + count[b] < k) *above += count[b--];
+    return b;
+}
+
 static inline void select_best(Scored *v, int n, int k) {
     if (k <= 0 || k >= n) return;
     if (n < 4 * SELECT_BUCKETS / 16) { quickselect_best(v, n, k); return; }
@@ -272,19 +288,18 @@ static inline void select_best(Scored *v, int n, int k) {
         lo = s < lo ? s : lo;
         hi = s > hi ? s : hi;
     }
-    if (!(hi > lo) || !isfinite(hi) || !isfinite(lo)) { quickselect_best(v, n, k); return; }
-    float scale = (SELECT_BUCKETS - 1) / (hi - lo);
-    int count[SELECT_BUCKETS] = {0};
-    for (int i = 0; i < n; i++) count[(int)((v[i].s - lo) * scale)]++;
-    int b = SELECT_BUCKETS - 1, above = 0;
-    while (above + count[b] < k) above += count[b--];
+    Buckets bk;
+    if (!make_buckets(lo, hi, n, &bk)) { quickselect_best(v, n, k); return; }
+    int count[SELECT_BUCKETS] = {0}, above;
+    for (int i = 0; i < n; i++) count[bucket_of(bk, v[i].s)]++;
+    int b = boundary_bucket(count, k, &above);
     /* v[0..above) <- buckets above b; the bucket b items after them, selected exactly */
     int top = 0, mid = above;
     Scored *tmp = (Scored *)malloc(sizeof(Scored) * (size_t)count[b]);
     if (!tmp) { quickselect_best(v, n, k); return; }
     int t = 0;
     for (int i = 0; i < n; i++) {
-        int bi = (int)((v[i].s - lo) * scale);
+        int bi = bucket_of(bk, v[i].s);
         if (bi > b) v[top++] = v[i];
         else if (bi == b) tmp[t++] = v[i];
     }
