@@ -24,6 +24,11 @@ def offload_device_pinned() -> bool:
     return torch.cuda.is_available()
 
 
+def _grown(need: int) -> int:
+    """Rows to allocate when a buffer must hold ``need``: 1/64 more, at least 16 (module docstring)."""
+    return need + max(need // 64, 16)
+
+
 def _alloc(heads: int, capacity: int, width: int, dtype: torch.dtype, device: torch.device, pinned: bool) -> torch.Tensor:
     if pinned:
         return torch.empty(heads, capacity, width, dtype=dtype, device="cpu", pin_memory=True)
@@ -68,7 +73,7 @@ class TokenBuffer:
                 self._data[:, : self._len] = self._data[:, self._start : self._start + self._len].clone()
             else:
                 need = self._len + t
-                new = _alloc(self.heads, need + max(need // 64, 16), self.width, self.dtype, self.device, self.pinned)
+                new = _alloc(self.heads, _grown(need), self.width, self.dtype, self.device, self.pinned)
                 new[:, : self._len] = self.view()
                 self._data = new
             self._start = 0
@@ -138,8 +143,7 @@ class LandmarkBuffer:
         t = x.shape[1]
         need = self._len + t
         if need > self._data.shape[1] * LANDMARK_BLOCK:
-            rows = need + max(need // 64, 16)
-            new = self._alloc(-(-rows // LANDMARK_BLOCK))
+            new = self._alloc(-(-_grown(need) // LANDMARK_BLOCK))
             new[:, : self._data.shape[1]] = self._data
             self._data = new
         pos = torch.arange(self._len, need, device=self.device)
