@@ -8,6 +8,11 @@ context plus ATen's flash attention (``segment.dense_tail_attention``). The kern
 ``h`` to KV head ``h // (Hq / Hkv)``, so the dense heads of one KV head run together against a
 one-head view of the cache (the op takes strided views; checked against the reference in tests).
 
+The sparse heads of a segment run on the same kernel (:meth:`SegmentKernel.blocks`): a column-free
+index becomes a varlen batch with one sequence per query block whose block table lists the kept
+cache blocks (``paged_plan``), all heads of a layer in one call over a view of the cache in which
+every (block, KV head) pair is a one-head block.
+
 Also :func:`check_cache_layout`: the paged layout that :mod:`attention_backends.paged_kv` reads,
 checked against vLLM's own cache-write op. The only module besides the adapter that calls vLLM's ops.
 """
@@ -20,6 +25,8 @@ import torch
 from vllm import _custom_ops as ops
 
 from .paged_kv import ISAS, gather_sequence_kv
+from .paged_plan import PagedPlan, plan_paged
+from .sparse_index import SparseIndex
 
 
 def check_cache_layout(isa: str, dtype: torch.dtype, block_size: int, head_size: int) -> None:
@@ -53,6 +60,26 @@ def split_cache(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return kv_cache.view(nb, hkv, 2 * bs, two_d // 2).chunk(2, dim=2)
 
 
+def _attend(isa: str, query: torch.Tensor, kv_cache: torch.Tensor, query_start_loc: torch.Tensor,
+            seq_lens: torch.Tensor, block_table: torch.Tensor, *, scale: float,
+            metadata: torch.Tensor | None = None) -> torch.Tensor:
+    """vLLM's causal varlen kernel: ``query [T, Hq, D]`` over ``kv_cache [NB, Hkv, B, 2D]`` -> ``[T, Hq, D]``."""
+    if metadata is None:
+        metadata = ops.cpu_attn_get_scheduler_metadata(
+            num_reqs=seq_lens.numel(), num_heads=query.shape[1], num_kv_heads=kv_cache.shape[1],
+            head_dim=query.shape[2], seq_lens=seq_lens, dtype=query.dtype, query_start_loc=query_start_loc,
+            causal=True, sliding_window_size=-1, isa=isa, enable_kv_split=False, dynamic_causal=None,
+            kv_cache_dtype="auto")
+    out = torch.empty_like(query)
+    key_cache, value_cache = split_cache(kv_cache)
+    ops.cpu_attention_with_kv_cache(
+        query=query, key_cache=key_cache, value_cache=value_cache, output=out, query_start_loc=query_start_loc,
+        seq_lens=seq_lens, scale=scale, causal=True, alibi_slopes=None, sliding_window=-1, block_table=block_table,
+        softcap=0.0, scheduler_metadata=metadata, s_aux=None, dynamic_causal=None, k_scale=1.0, v_scale=1.0,
+        kv_cache_dtype="auto")
+    return out
+
+
 @dataclass
 class SegmentKernel:
     """vLLM's kernel over one request's segment: ``Nq`` queries at the end of a ``seq_len`` context.
@@ -82,28 +109,54 @@ class SegmentKernel:
                 isa=self.isa, enable_kv_split=False, dynamic_causal=None, kv_cache_dtype="auto")
         return self._metadata[num_heads]
 
+    def _check(self, query: torch.Tensor) -> None:
+        nq, _, d = query.shape
+        if nq != self.num_queries or d != self.head_dim:
+            raise ValueError(f"segment planned for {self.num_queries} x {self.head_dim}, got queries {tuple(query.shape)}")
+
     def heads(self, query: torch.Tensor, kv_cache: torch.Tensor, heads: tuple[int, ...], *, scale: float) -> torch.Tensor:
         """Exact causal attention of some query heads: ``query [Nq, Hq, D]`` -> ``[len(heads), Nq, D]``.
 
         ``kv_cache [NB, Hkv, B, 2D]`` holds the segment's whole context (its own rows written).
         """
+        self._check(query)
         nq, hq, d = query.shape
         per_kv = hq // kv_cache.shape[1]
-        if nq != self.num_queries or d != self.head_dim:
-            raise ValueError(f"segment planned for {self.num_queries} x {self.head_dim}, got queries {tuple(query.shape)}")
         out = query.new_empty(len(heads), nq, d)
         by_kv: dict[int, list[int]] = {}
         for i, h in enumerate(heads):
             by_kv.setdefault(h // per_kv, []).append(i)
         for g, slots in by_kv.items():
             q = query[:, [heads[i] for i in slots]].contiguous()
-            o = torch.empty_like(q)
-            key_cache, value_cache = split_cache(kv_cache[:, g:g + 1])
-            ops.cpu_attention_with_kv_cache(
-                query=q, key_cache=key_cache, value_cache=value_cache, output=o,
-                query_start_loc=self._query_start_loc, seq_lens=self._seq_lens, scale=scale, causal=True,
-                alibi_slopes=None, sliding_window=-1, block_table=self._block_table, softcap=0.0,
-                scheduler_metadata=self._scheduler(len(slots)), s_aux=None, dynamic_causal=None,
-                k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
+            o = _attend(self.isa, q, kv_cache[:, g:g + 1], self._query_start_loc, self._seq_lens, self._block_table,
+                        scale=scale, metadata=self._scheduler(len(slots)))
             out[slots] = o.transpose(0, 1)
         return out
+
+    def blocks(self, query: torch.Tensor, kv_cache: torch.Tensor, heads: tuple[int, ...], plan: PagedPlan, *,
+               scale: float) -> torch.Tensor:
+        """Block-sparse attention of some query heads as ``plan`` lays it out -> ``[len(heads), Nq, D]``.
+
+        ``plan`` comes from :func:`paged_plan.plan_paged` for an index over these heads (in this order),
+        this segment's ``seq_len`` and rows, and this cache's block size. One kernel call for all heads.
+        """
+        self._check(query)
+        nq, hq, d = query.shape
+        nb, hkv, bs, two_d = kv_cache.shape
+        idx = torch.tensor(heads)
+        q = query[:, idx].transpose(0, 1).reshape(len(heads) * nq, 1, d)
+        # every (block, KV head) pair as a one-head block: physical = block * Hkv + KV head of the sequence's head
+        kv_head = (idx // (hq // hkv)).repeat_interleave(plan.seqs_per_head).unsqueeze(1)
+        table = (self.block_ids.to(torch.int64)[plan.block_table] * hkv + kv_head).to(torch.int32)
+        out = _attend(self.isa, q, kv_cache.view(nb * hkv, 1, bs, two_d), plan.query_start_loc, plan.seq_lens,
+                      table, scale=scale)
+        return out.view(len(heads), nq, d)
+
+    def sparse(self, query: torch.Tensor, kv_cache: torch.Tensor, heads: tuple[int, ...], index: SparseIndex, *,
+               tail: int, scale: float) -> tuple[torch.Tensor, int]:
+        """Plan and run a column-free ``index`` over these heads (its last ``tail`` rows exact).
+
+        Returns ``out [len(heads), Nq, D]`` and the (query, key) pairs computed.
+        """
+        plan = plan_paged(index, self.seq_len - self.num_queries, tail, kv_cache.shape[2])
+        return self.blocks(query, kv_cache, heads, plan, scale=scale), plan.kept_pairs

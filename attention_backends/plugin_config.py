@@ -29,7 +29,9 @@ class PluginConfig(BaseModel):
     dense_tail: int = Field(64, ge=0, description="Last query rows of every sparse segment computed "
                             "dense (the question at the end of a prompt reads the whole context).")
     executor: Literal["gather", "flex", "triton", "reference"] | None = Field(
-        None, description="Sparse executor. Default: gather on CPU, triton on CUDA.")
+        None, description="Sparse executor for every sparse head. Default on CPU: vLLM's own paged kernel "
+        "for column-free indices (A-shape, block-sparse, query-aware blocks), gather for the others; "
+        "triton on CUDA.")
     kv_policies: bool = Field(False, description="Decode through the profile's compressed KV policies "
                               "(kvcache/); needs the sparse-serve KV connector in the engine.")
     kv_threshold: int = Field(4096, ge=1, description="Decode steps of requests with a shorter context "

@@ -11,7 +11,9 @@ segment's queries against every key, as MInference does per chunk):
 * the index is planned for the whole ``N x N`` causal square with the segment's queries in
   the last rows (earlier rows are zero and never executed: ``rows_from``);
 * ``dense`` heads run exact causal attention over the segment (:func:`dense_tail_attention`, or
-  the engine's own paged kernel passed in as ``exact``).
+  the engine's own paged kernel passed in as ``exact``);
+* sparse groups whose index has no single columns can run on that paged kernel too (``paged``,
+  see ``paged_plan``); the others run ``interface.run_index``.
 
 Pure tensors in, tensors out; the vLLM adapter (``vllm_backend``) feeds it from the paged cache.
 """
@@ -25,6 +27,7 @@ import torch
 
 from .interface import Backend, estimate_index, run_index
 from .patterns import DenseParams, PatternParams
+from .sparse_index import SparseIndex
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,10 @@ class HeadGroup:
 
 ExactHeads = Callable[[tuple[int, ...]], torch.Tensor]
 """Exact causal attention of a segment's queries for some query heads -> ``[len(heads), Nq, D]``."""
+
+PagedHeads = Callable[[tuple[int, ...], SparseIndex, int], tuple[torch.Tensor, int]]
+"""``(heads, column-free index, tail rows)`` -> the segment's output of those heads ``[len(heads), Nq, D]``
+(their last ``tail`` rows exact over every key) and the (query, key) pairs computed."""
 
 
 @dataclass
@@ -118,15 +125,18 @@ def segment_attention(
     backend: Backend = "auto",
     dense_tail: int = 0,
     exact: ExactHeads | None = None,
+    paged: PagedHeads | None = None,
 ) -> tuple[torch.Tensor, SegmentStats]:
     """Per-head-group sparse attention of one prefill segment.
 
     ``q [Hq, Nq, D]`` are the queries at positions ``[N - Nq, N)``; ``k, v [Hkv, N, D]`` every
     key/value of the sequence so far; ``groups`` must cover each query head once. ``dense``
     groups run ``exact(heads)`` (the vLLM adapter passes vLLM's own paged kernel), by default
-    :func:`dense_tail_attention`. The last ``dense_tail`` query rows of the sparse heads run exact
-    attention over every key (a prompt's final question must read the whole context: SnapKV's
-    observation window, FlexPrefill's exact last block).
+    :func:`dense_tail_attention`. Sparse groups whose index has no columns run ``paged`` when
+    given (the adapter passes vLLM's paged kernel), the others ``run_index(backend=...)``. The last
+    ``dense_tail`` query rows of the sparse heads run exact attention over every key (a prompt's
+    final question must read the whole context: SnapKV's observation window, FlexPrefill's exact
+    last block).
     Returns ``out [Hq, Nq, D]`` (``q.dtype``) and the kept / causal pair counts of the segment
     (kept counts the tail rows' sparse pairs too, so it is an upper bound by at most
     ``dense_tail`` rows' budgets).
@@ -153,11 +163,17 @@ def segment_attention(
             stats.kept_pairs += pairs
             stats.causal_pairs += pairs
             continue
-        sparse_heads += group.heads
         kg, vg = k[heads // per_kv], v[heads // per_kv]
         q_full = q.new_zeros(len(group.heads), n, d)
         q_full[:, start:] = q[heads]
         index = estimate_index(q_full, kg, group.params, scale=scale)
+        if paged is not None and not index.has_columns:
+            o, kept = paged(group.heads, index, dense_tail)
+            out[heads] = o.to(q.dtype)
+            stats.kept_pairs += kept
+            stats.causal_pairs += causal_pairs(n, start) * len(group.heads)
+            continue
+        sparse_heads += group.heads
         out[heads] = run_index(q_full, kg, vg, index, scale=scale, backend=backend, rows_from=start)
         first_block = start // index.block_size
         stats.kept_pairs += int(index.pair_counts(first_block).sum().item())

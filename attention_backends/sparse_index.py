@@ -74,6 +74,11 @@ class SparseIndex:
         return int(self.block_ids.shape[1])
 
     @property
+    def has_columns(self) -> bool:
+        """Some query block keeps single key columns (vertical-slash, FlexPrefill's fallback)."""
+        return bool(self.column_counts.numel()) and int(self.column_counts.max().item()) > 0
+
+    @property
     def device(self) -> torch.device:
         return self.block_ids.device
 

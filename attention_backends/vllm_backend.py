@@ -288,12 +288,18 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
         q = query[rows].transpose(0, 1)
         if seg.dense:
             return dense_tail_attention(q, k_all, v_all, scale=self.scale).transpose(0, 1).to(query.dtype)
-        executor = self._runtime.config.executor or ("triton" if query.is_cuda else "gather")
+        config = self._runtime.config
+        executor = config.executor or ("triton" if query.is_cuda else "gather")
         kernel, q_rows = seg.kernel, query[rows]
-        exact = None if kernel is None else lambda heads: kernel.heads(q_rows, kv_cache, heads, scale=self.scale)
+        exact = paged = None
+        if kernel is not None:
+            exact = lambda heads: kernel.heads(q_rows, kv_cache, heads, scale=self.scale)  # noqa: E731
+            if config.executor is None:  # column-free indices on vLLM's kernel, the others on `executor`
+                paged = lambda heads, index, tail: kernel.sparse(q_rows, kv_cache, heads, index, tail=tail,  # noqa: E731
+                                                                 scale=self.scale)
         try:
             out, pairs = segment_attention(q, k_all, v_all, list(groups), scale=self.scale, backend=executor,
-                                           dense_tail=self._runtime.config.dense_tail, exact=exact)
+                                           dense_tail=config.dense_tail, exact=exact, paged=paged)
         except Exception:  # noqa: BLE001 - any failure of the sparse path runs dense, counted
             logger.exception("sparse prefill failed on layer %d (%d tokens); running dense", layer_idx, seg.seq_len)
             if stats is not None:

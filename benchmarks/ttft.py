@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     ap.add_argument("--dtype", default="auto", help="server --dtype (auto: float32 on CPUs without native bf16)")
     ap.add_argument("--chunk", type=int, default=8192, help="--max-num-batched-tokens of both servers")
+    ap.add_argument("--block-size", type=int, default=None, help="--block-size of both servers (default: vLLM's)")
     ap.add_argument("--threshold", type=int, default=None, help="--sparse-threshold (default: server's)")
     ap.add_argument("--answer-tokens", type=int, default=8)
     ap.add_argument("--kv-cache-memory-bytes", type=int, default=None,
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--dtype", args.dtype, "--max-model-len", str(max_len),
               "--max-num-batched-tokens", str(args.chunk), "--no-enable-prefix-caching",
               "--kv-cache-memory-bytes", str(pool), "--request-timeout-s", "7200"]
+    common += ["--block-size", str(args.block_size)] if args.block_size else []
     flags = {"dense": ["--no-sparse"], "sparse": ["--profile", str(profile)]}
     if args.threshold is not None:
         flags["sparse"] += ["--sparse-threshold", str(args.threshold)]

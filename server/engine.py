@@ -42,6 +42,8 @@ def engine_args(settings: ServerSettings, model_dir: Path,
         extra["kv_cache_memory_bytes"] = settings.kv_cache_memory_bytes
     if settings.max_num_batched_tokens is not None:
         extra["max_num_batched_tokens"] = settings.max_num_batched_tokens
+    if settings.block_size is not None:
+        extra["block_size"] = settings.block_size
     if settings.sparse and settings.kv_policies:
         extra["kv_transfer_config"] = kv_transfer_config()
     if settings.distributed_executor_backend is not None:

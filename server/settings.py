@@ -73,6 +73,10 @@ class ServerSettings(BaseSettings):
     max_num_batched_tokens: int | None = Field(
         None, ge=16, description="Token budget per engine step (chunked-prefill chunk size)."
     )
+    block_size: int | None = Field(
+        None, ge=16, multiple_of=16, description="Tokens per KV-cache block. Default: vLLM's (128 on "
+        "CPU). Sparse prefill runs block-sparse heads on vLLM's paged kernel in cache blocks: 64 "
+        "matches the patterns' 64-key blocks exactly, larger blocks compute a superset.")
     enable_prefix_caching: bool = Field(True, description="Reuse KV of shared prompt prefixes.")
     tensor_parallel_size: int = Field(1, ge=1, description="Tensor-parallel ranks (GPUs per node).")
     pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages (nodes).")

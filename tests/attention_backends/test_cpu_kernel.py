@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attention_backends import BlockSparseParams, SparseIndex, estimate_index, masked_attention
 from attention_backends.paged_kv import gather_sequence_kv
 from attention_backends.patterns import AShapeParams, DenseParams
-from attention_backends.segment import HeadGroup, dense_tail_attention, segment_attention
+from attention_backends.segment import HeadGroup, causal_pairs, dense_tail_attention, segment_attention
 from paged_cache import ISAS, write_with_vllm
 
 SCALE = 0.125
@@ -24,13 +25,13 @@ def ck():
     return module
 
 
-def _paged(n: int, dtype: torch.dtype, seed: int = 0, isa: str = "vec") -> tuple[torch.Tensor, torch.Tensor]:
+def _paged(n: int, dtype: torch.dtype, seed: int = 0, isa: str = "vec", bs: int = BS) -> tuple[torch.Tensor, torch.Tensor]:
     """A cache holding one sequence of ``n`` tokens in shuffled blocks (layout of ``isa``), and its block table."""
     g = torch.Generator().manual_seed(seed)
-    nblk = -(-n // BS)
+    nblk = -(-n // bs)
     block_ids = torch.randperm(nblk + 3, generator=g)[:nblk]
-    slots = torch.cat([b * BS + torch.arange(BS) for b in block_ids])[:n]
-    cache = torch.zeros(nblk + 3, HKV, BS, 2 * D, dtype=dtype)
+    slots = torch.cat([b * bs + torch.arange(bs) for b in block_ids])[:n]
+    cache = torch.zeros(nblk + 3, HKV, bs, 2 * D, dtype=dtype)
     write_with_vllm(cache, torch.randn(n, HKV, D, generator=g).to(dtype), torch.randn(n, HKV, D, generator=g).to(dtype), slots,
                     isa)
     return cache, block_ids
@@ -90,6 +91,70 @@ def test_segment_with_the_kernel_for_dense_heads_equals_the_default_path(ck) -> 
     assert calls == [(0, 2, 3)]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert stats == want_stats
+
+
+def _covering(index: SparseIndex, cache_block: int) -> SparseIndex:
+    """``index`` with every kept key block widened to the cache blocks it lies in (causally clipped)."""
+    per = cache_block // index.block_size
+    mask = index.block_mask()
+    nqb = mask.shape[1]
+    padded = torch.nn.functional.pad(mask, (0, -nqb % per))
+    wide = padded.view(*mask.shape[:2], -1, per).any(-1).repeat_interleave(per, dim=-1)[..., :nqb]
+    qb = torch.arange(nqb).view(1, -1, 1)
+    kb = torch.arange(nqb).view(1, 1, -1)
+    wide |= (kb // per == qb // per)  # the diagonal cache block up to the query block
+    return SparseIndex.from_block_mask(wide & (kb <= qb), index.seq_len, index.block_size)
+
+
+@pytest.mark.parametrize("isa,dtype,atol", [("vec", torch.float32, 1e-5),
+                                            *[pytest.param(p.values[0], torch.bfloat16, 2e-2, marks=p.marks) for p in ISAS]])
+@pytest.mark.parametrize("bs", [32, 64, 128])
+@pytest.mark.parametrize("n,nq,tail", [(1024, 1024, 0), (1000, 300, 64), (777, 5, 64), (700, 130, 16)])
+def test_kernel_runs_a_block_sparse_index_exactly(ck, isa: str, dtype: torch.dtype, atol: float, bs: int, n: int,
+                                                  nq: int, tail: int) -> None:
+    """Cache blocks of 32/64 keys compute exactly the index's pairs; 128-key blocks their covering blocks."""
+    cache, block_ids = _paged(n, dtype, isa=isa, bs=bs)
+    query = torch.randn(nq, HQ, D, generator=torch.Generator().manual_seed(4)).to(dtype)
+    heads = (0, 4, 5)
+    idx = torch.tensor(heads)
+    k, v = gather_sequence_kv(cache, block_ids, n, isa)
+    kh, vh = k[idx // (HQ // HKV)].float(), v[idx // (HQ // HKV)].float()
+    q_full = torch.zeros(len(heads), n, D)
+    q_full[:, n - nq:] = query.transpose(0, 1)[idx].float()
+    index = estimate_index(q_full, kh, BlockSparseParams(top_k=3), scale=SCALE)
+    got, kept = ck.SegmentKernel(isa, dtype, D, nq, n, block_ids).sparse(query, cache, heads, index, tail=tail,
+                                                                        scale=SCALE)
+    wide = index if bs <= 64 else _covering(index, bs)
+    want = masked_attention(q_full, kh, vh, wide, scale=SCALE)[:, n - nq:]
+    t = min(tail, nq)
+    if t:
+        want[:, nq - t:] = dense_tail_attention(q_full[:, n - t:], kh, vh, scale=SCALE)
+    assert got.shape == (len(heads), nq, D) and got.dtype == dtype
+    torch.testing.assert_close(got.float(), want, atol=atol, rtol=0)
+    assert kept == int(wide.row_mask(torch.arange(n - nq, n - t)).sum()) + len(heads) * sum(range(n - t + 1, n + 1))
+
+
+def test_segment_runs_column_free_groups_on_the_kernel(ck) -> None:
+    n, nq = 1000, 400
+    cache, block_ids = _paged(n, torch.float32, seed=5, bs=64)
+    query = torch.randn(nq, HQ, D, generator=torch.Generator().manual_seed(6))
+    k, v = gather_sequence_kv(cache, block_ids, n)
+    groups = [HeadGroup(DenseParams(), (0, 3)), HeadGroup(BlockSparseParams(top_k=3), (1, 4)),
+              HeadGroup(AShapeParams(n_init=64, n_local=128), (2, 5))]
+    kernel = ck.SegmentKernel("vec", torch.float32, D, nq, n, block_ids)
+    calls: list[tuple[int, ...]] = []
+
+    def paged(heads, index, tail):
+        calls.append(heads)
+        return kernel.sparse(query, cache, heads, index, tail=tail, scale=SCALE)
+
+    q = query.transpose(0, 1)
+    got, stats = segment_attention(q, k, v, groups, scale=SCALE, dense_tail=64, paged=paged)
+    want, _ = segment_attention(q, k, v, groups, scale=SCALE, dense_tail=64)
+    assert calls == [(1, 4), (2, 5)]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert stats.causal_pairs == HQ * causal_pairs(n, n - nq)  # the segment's rows exactly
+    assert 0 < stats.kept_pairs < stats.causal_pairs
 
 
 def test_kernel_rejects_a_segment_of_another_shape(ck) -> None:
