@@ -51,6 +51,31 @@ def check_cache_layout(isa: str, dtype: torch.dtype, block_size: int, head_size:
                            "reads; serve with --no-sparse on this machine")
 
 
+def write_paged(k: torch.Tensor, v: torch.Tensor, block_size: int, isa: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sequence's ``k, v [Hkv, N, D]`` in a fresh paged cache, written by vLLM's own cache op.
+
+    Returns ``cache [NB, Hkv, B, 2D]`` in the layout of ``isa`` and its block table ``[NB]``
+    (blocks in order). For op-level benchmarks of the kernel outside an engine.
+    """
+    hkv, n, d = k.shape
+    cache = torch.zeros(-(-n // block_size), hkv, block_size, 2 * d, dtype=k.dtype)
+    key_cache, value_cache = split_cache(cache)
+    ops.cpu_attn_reshape_and_cache(k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous(), key_cache,
+                                   value_cache, torch.arange(n), isa, k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
+    return cache, torch.arange(cache.shape[0])
+
+
+def vllm_isa(dtype: torch.dtype, block_size: int, head_size: int) -> str:
+    """The kernel ISA vLLM's CPU backend picks for such a cache (its own rule); asks the OS for AMX tiles
+    when it picks ``amx`` (vLLM's workers do so at start; a process that did not would get SIGILL)."""
+    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+
+    isa = _get_attn_isa(dtype, block_size, head_size)
+    if isa == "amx":
+        torch.cpu._init_amx()
+    return isa
+
+
 def split_cache(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """vLLM's key and value views of one layer's cache ``[NB, Hkv, B, 2D]`` (each ``[NB, Hkv, B, D]``).
 

@@ -8,7 +8,11 @@ ratio within one run, never an absolute bar; each time is the best of ``--repeat
 keeps the ratio meaningful on a shared machine. On CUDA it uses the Triton kernels and bf16;
 on CPU the ``auto`` backend (gather for column-free indices, compiled FlexAttention for indices
 with columns); ``--backend`` forces one, ``--compare-cpu-backends`` times flex and gather on
-every pattern.
+every pattern. ``--backend paged`` (CPU) runs column-free indices on vLLM's own paged CPU kernel,
+as the engine does (``attention_backends.cpu_kernel``; the others on ``auto``), over a cache
+written once per layer by vLLM's cache op (untimed: the engine writes it for dense too), and
+also times that kernel dense (``dense_paged_ms``), so the ratio to SDPA separates the kernel's
+own speed from the sparsity's.
 
     python benchmarks/prefill_ops.py --seq-len 32768 --json out.json
 """
@@ -21,6 +25,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -87,6 +92,7 @@ class Report(BaseModel):
     torch_version: str
     machine: str
     rows: list[Row]
+    dense_paged_ms: float | None = Field(None, description="vLLM's paged CPU kernel, dense (--backend paged)")
     repeats: int
     warmup_s: dict[str, float] = Field(description="first-call (compile) seconds per backend/pattern, untimed")
 
@@ -128,6 +134,34 @@ def load_inputs(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     return [(c.layer, c.q.to(device, dtype), c.k.to(device, dtype), c.v.to(device, dtype)) for c in captures]
 
 
+@dataclass
+class PagedLayer:
+    """One captured layer in a paged cache, for vLLM's CPU kernel (``--backend paged``)."""
+
+    query: torch.Tensor  # [N, Hq, D]
+    cache: torch.Tensor
+    kernel: object  # attention_backends.cpu_kernel.SegmentKernel over the whole sequence
+    scale: float
+
+    @classmethod
+    def of(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int = 64) -> PagedLayer:
+        from attention_backends.cpu_kernel import SegmentKernel, vllm_isa, write_paged
+
+        (hq, n, d), isa = q.shape, vllm_isa(q.dtype, block_size, q.shape[-1])
+        cache, block_ids = write_paged(k, v, block_size, isa)
+        return cls(q.transpose(0, 1).contiguous(), cache, SegmentKernel(isa, q.dtype, d, n, n, block_ids), d ** -0.5)
+
+    @property
+    def heads(self) -> tuple[int, ...]:
+        return tuple(range(self.query.shape[1]))
+
+    def dense(self) -> torch.Tensor:
+        return self.kernel.heads(self.query, self.cache, self.heads, scale=self.scale)
+
+    def sparse(self, index) -> torch.Tensor:
+        return self.kernel.sparse(self.query, self.cache, self.heads, index, tail=0, scale=self.scale)[0]
+
+
 def bench_pattern(
     params: SparseParams,
     inputs: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -135,15 +169,18 @@ def bench_pattern(
     device: torch.device,
     args: argparse.Namespace,
     progress: tqdm,
+    paged: list[PagedLayer] | None = None,
 ) -> dict[str, object]:
     """Estimate + execute one pattern on every layer (best of ``--repeats``); summed times, density, recall."""
     est_ms = exe_ms = 0.0
     densities, recalls = [], []
-    for _, q, k, v in inputs:
+    for i, (_, q, k, v) in enumerate(inputs):
         best_est = best_exe = float("inf")
         for _ in range(args.repeats):
             index, t_est = _timed(lambda: estimate_index(q, k, params), device)
-            _, t_exe = _timed(lambda: run_index(q, k, v, index, backend=backend), device)
+            on_kernel = paged is not None and not index.has_columns
+            run = (lambda: paged[i].sparse(index)) if on_kernel else (lambda: run_index(q, k, v, index, backend="auto" if paged else backend))
+            _, t_exe = _timed(run, device)
             if t_est + t_exe < best_est + best_exe:
                 best_est, best_exe = t_est, t_exe
         est_ms += best_est
@@ -154,7 +191,7 @@ def bench_pattern(
         progress.update(1)
     per_head = torch.cat(recalls)
     return {
-        "backend": resolve_backend(backend, device, index),
+        "backend": "paged" if on_kernel else resolve_backend("auto" if paged else backend, device, index),
         "estimate_ms": est_ms,
         "execute_ms": exe_ms,
         "density": sum(densities) / len(densities),
@@ -173,7 +210,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--backend", default="auto", choices=["auto", "gather", "flex", "triton"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "gather", "flex", "triton", "paged"],
+                        help="paged: vLLM's CPU kernel for column-free indices (CPU only)")
     parser.add_argument("--compare-cpu-backends", action="store_true", help="also time the gather and flex CPU paths")
     parser.add_argument("--patterns", type=Path, default=None, help="JSON list of pattern parameter objects")
     parser.add_argument("--recall-rows", type=int, default=1024, help="query rows sampled for recall")
@@ -202,7 +240,10 @@ def main(argv: list[str] | None = None) -> Report:
     backends = [args.backend]
     if args.compare_cpu_backends and device.type == "cpu":
         backends = ["flex", "gather"]
+    if args.backend == "paged" and (device.type != "cpu" or args.compare_cpu_backends):
+        raise SystemExit("error: --backend paged runs vLLM's CPU kernel: CPU only, without --compare-cpu-backends")
     inputs = load_inputs(args, device, dtype)
+    paged = [PagedLayer.of(q, k, v) for _, q, k, v in inputs] if args.backend == "paged" else None
 
     # warm-up (compiles flex/Triton once per shape); untimed but reported
     warmup: dict[str, float] = {}
@@ -211,17 +252,23 @@ def main(argv: list[str] | None = None) -> Report:
     for b in backends:
         for params in patterns:
             index = estimate_index(q0, k0, params)
-            _, ms = _timed(lambda: run_index(q0, k0, v0, index, backend=b), device)
+            run = (lambda: paged[0].sparse(index)) if paged and not index.has_columns else (
+                lambda: run_index(q0, k0, v0, index, backend="auto" if paged else b))
+            _, ms = _timed(run, device)
             warmup[f"{b}/{params.pattern.value}"] = round(ms / 1000.0, 2)
 
     dense_ms = sum(
         min(_timed(lambda: dense_attention(q, k, v), device)[1] for _ in range(args.repeats)) for _, q, k, v in inputs
     )
+    dense_paged_ms = None
+    if paged:
+        paged[0].dense()
+        dense_paged_ms = sum(min(_timed(layer.dense, device)[1] for _ in range(args.repeats)) for layer in paged)
     rows: list[Row] = []
     with tqdm(total=len(backends) * len(patterns) * len(inputs), desc="patterns x layers") as progress:
         for b in backends:
             for params in patterns:
-                res = bench_pattern(params, inputs, b, device, args, progress)
+                res = bench_pattern(params, inputs, b, device, args, progress, paged)
                 sparse_ms = res["estimate_ms"] + res["execute_ms"]
                 rows.append(
                     Row(
@@ -249,6 +296,7 @@ def main(argv: list[str] | None = None) -> Report:
         torch_version=torch.__version__,
         machine=platform.processor() or platform.machine(),
         rows=rows,
+        dense_paged_ms=None if dense_paged_ms is None else round(dense_paged_ms, 1),
         repeats=args.repeats,
         warmup_s=warmup,
     )
@@ -261,6 +309,8 @@ def main(argv: list[str] | None = None) -> Report:
 def print_table(report: Report) -> None:
     cols = ["pattern", "backend", "seq_len", "dense_ms", "sparse_ms", "speedup_vs_dense", "density", "recall", "recall_min", "device"]
     print(f"# {report.source} q/k/v, layers {report.layers}, {report.dtype}, torch {report.torch_version}")
+    if report.dense_paged_ms is not None:
+        print(f"# dense on vLLM's paged CPU kernel: {report.dense_paged_ms} ms (SDPA: dense_ms)")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for row in report.rows:

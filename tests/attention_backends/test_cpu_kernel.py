@@ -172,3 +172,13 @@ def test_cache_layout_check_passes_for_every_isa_we_read(ck, isa: str) -> None:
 def test_cache_layout_check_refuses_a_layout_without_a_reader(ck) -> None:
     with pytest.raises(RuntimeError, match="not 'neon'; serve with --no-sparse"):
         ck.check_cache_layout("neon", torch.bfloat16, 128, 64)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_write_paged_lays_a_sequence_out_in_vllms_layout(ck, isa: str) -> None:
+    k, v = (torch.randn(HKV, 300, D, generator=torch.Generator().manual_seed(s)).to(torch.bfloat16) for s in (7, 8))
+    cache, block_ids = ck.write_paged(k, v, 128, isa)
+    assert cache.shape == (3, HKV, 128, 2 * D) and block_ids.tolist() == [0, 1, 2]
+    got_k, got_v = gather_sequence_kv(cache, block_ids, 300, isa)
+    assert torch.equal(got_k, k) and torch.equal(got_v, v)
+    assert ck.vllm_isa(torch.float32, 128, D) == "vec"
