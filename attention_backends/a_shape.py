@@ -34,6 +34,10 @@ def estimate_a_shape(
     blocks (``B = block_size``); ``scale`` is accepted for a uniform estimator signature.
     """
     shape = check_qk(q, k, scale=scale)
-    mask = a_shape_block_mask(shape.seq_len, params, q.device)
-    mask = mask.unsqueeze(0).expand(shape.num_q_heads, -1, -1)
-    return SparseIndex.from_block_mask(mask, shape.seq_len, params.block_size)
+    one = SparseIndex.from_block_mask(a_shape_block_mask(shape.seq_len, params, q.device).unsqueeze(0),
+                                      shape.seq_len, params.block_size)
+    heads = shape.num_q_heads
+    return SparseIndex(  # one plan, repeated per head
+        seq_len=one.seq_len, block_size=one.block_size,
+        block_ids=one.block_ids.repeat(heads, 1, 1), block_counts=one.block_counts.repeat(heads, 1),
+        columns=one.columns.repeat(heads, 1, 1), column_counts=one.column_counts.repeat(heads, 1))

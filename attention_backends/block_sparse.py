@@ -16,15 +16,14 @@ from .sparse_index import SparseIndex
 
 
 def mean_pool_blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Mean over consecutive blocks of rows: ``[H, N, D] -> [H, ceil(N / B), D]`` (last block may be short)."""
+    """Mean over consecutive blocks of rows: ``[H, N, D] -> float32 [H, ceil(N / B), D]`` (last block may be short)."""
     h, n, d = x.shape
-    nblocks = -(-n // block_size)
-    padded = torch.zeros(h, nblocks * block_size, d, dtype=torch.float32, device=x.device)
-    padded[:, :n] = x.float()
-    sums = padded.view(h, nblocks, block_size, d).sum(dim=2)
-    sizes = torch.full((nblocks,), float(block_size), device=x.device)
-    sizes[-1] = n - (nblocks - 1) * block_size
-    return sums / sizes.view(1, -1, 1)
+    full = n // block_size
+    sums = x[:, : full * block_size].reshape(h, full, block_size, d).sum(dim=2, dtype=torch.float32) / block_size
+    if full * block_size == n:
+        return sums
+    tail = x[:, full * block_size :].mean(dim=1, keepdim=True, dtype=torch.float32)
+    return torch.cat([sums, tail], dim=1)
 
 
 def pooled_block_scores(q: torch.Tensor, k: torch.Tensor, block_size: int, scale: float) -> torch.Tensor:
@@ -53,6 +52,4 @@ def estimate_block_sparse(
     logits[..., 0] = torch.finfo(torch.float32).max
     logits = logits.masked_fill(diagonal, float("inf"))
     top = torch.topk(logits, min(params.top_k, nblocks), dim=-1)
-    chosen = torch.zeros_like(logits, dtype=torch.bool)
-    chosen.scatter_(-1, top.indices, top.values > float("-inf"))
-    return SparseIndex.from_block_mask(chosen, shape.seq_len, params.block_size)
+    return SparseIndex.from_block_lists(top.indices, top.values > float("-inf"), shape.seq_len, params.block_size)

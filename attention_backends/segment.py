@@ -163,7 +163,7 @@ def segment_attention(
             stats.kept_pairs += pairs
             stats.causal_pairs += pairs
             continue
-        kg, vg = k[heads // per_kv], v[heads // per_kv]
+        kg = k[heads // per_kv]
         q_full = q.new_zeros(len(group.heads), n, d)
         q_full[:, start:] = q[heads]
         index = estimate_index(q_full, kg, group.params, scale=scale)
@@ -174,7 +174,7 @@ def segment_attention(
             stats.causal_pairs += causal_pairs(n, start) * len(group.heads)
             continue
         sparse_heads += group.heads
-        out[heads] = run_index(q_full, kg, vg, index, scale=scale, backend=backend, rows_from=start)
+        out[heads] = run_index(q_full, kg, v[heads // per_kv], index, scale=scale, backend=backend, rows_from=start)
         first_block = start // index.block_size
         stats.kept_pairs += int(index.pair_counts(first_block).sum().item())
         stats.causal_pairs += causal_pairs(n, first_block * index.block_size) * len(group.heads)

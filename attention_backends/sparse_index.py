@@ -113,6 +113,28 @@ class SparseIndex:
         )
 
     @staticmethod
+    def from_block_lists(ids: torch.Tensor, valid: torch.Tensor, seq_len: int, block_size: int) -> "SparseIndex":
+        """Index from per-query-block lists of distinct key blocks ``ids [H, nQB, K]`` (e.g. top-k
+        indices), where ``valid bool [H, nQB, K]`` marks the entries to keep; no columns.
+
+        Costs ``O(H * nQB * K log K)`` (sorting the lists), not ``O(H * nQB^2)`` like a block mask.
+        """
+        h, nqb, _ = ids.shape
+        big = torch.iinfo(torch.int64).max
+        ordered, _ = torch.sort(torch.where(valid, ids.to(torch.int64), big), dim=-1)
+        counts = valid.sum(-1)
+        width = max(int(counts.max().item()) if counts.numel() else 0, 1)
+        ordered = ordered[..., :width]
+        return SparseIndex(
+            seq_len=seq_len,
+            block_size=block_size,
+            block_ids=torch.where(ordered == big, 0, ordered).contiguous(),
+            block_counts=counts.to(torch.int64),
+            columns=torch.zeros(h, nqb, 1, dtype=torch.int64, device=ids.device),
+            column_counts=torch.zeros(h, nqb, dtype=torch.int64, device=ids.device),
+        )
+
+    @staticmethod
     def select_heads(first: "SparseIndex", second: "SparseIndex", use_second: torch.Tensor) -> "SparseIndex":
         """Per head, take ``second``'s entry where ``use_second [H]`` is true, else ``first``'s."""
         if (first.seq_len, first.block_size) != (second.seq_len, second.block_size):

@@ -45,6 +45,20 @@ def test_block_mask_round_trip():
     assert torch.equal(index.block_mask(), mask)
 
 
+def test_block_lists_build_the_same_index_as_their_block_mask():
+    g = torch.Generator().manual_seed(0)
+    h, nqb, k = 3, 9, 4
+    ids = torch.stack([torch.stack([torch.randperm(nqb, generator=g)[:k] for _ in range(nqb)]) for _ in range(h)])
+    valid = (ids <= torch.arange(nqb).view(1, -1, 1)) & (torch.rand(h, nqb, k, generator=g) > 0.3)
+    mask = torch.zeros(h, nqb, nqb, dtype=torch.bool)
+    mask.scatter_(-1, ids, valid)
+    got, want = SparseIndex.from_block_lists(ids, valid, 9 * 16 - 5, 16), SparseIndex.from_block_mask(mask, 9 * 16 - 5, 16)
+    assert torch.equal(got.block_counts, want.block_counts)
+    used = torch.arange(got.block_ids.shape[-1]) < got.block_counts.unsqueeze(-1)
+    assert torch.equal(torch.where(used, got.block_ids, -1), torch.where(used, want.block_ids[..., :used.shape[-1]], -1))
+    assert torch.equal(got.block_mask(), mask) and not got.has_columns
+
+
 def test_select_heads_takes_each_head_from_the_chosen_index():
     full = SparseIndex.from_block_mask(torch.tril(torch.ones(2, 3, 3, dtype=torch.bool)), 12, 4)
     diag = SparseIndex.from_block_mask(torch.eye(3, dtype=torch.bool).expand(2, 3, 3), 12, 4)
