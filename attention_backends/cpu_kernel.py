@@ -185,3 +185,33 @@ class SegmentKernel:
         """
         plan = plan_paged(index, self.seq_len - self.num_queries, tail, kv_cache.shape[2])
         return self.blocks(query, kv_cache, heads, plan, scale=scale), plan.kept_pairs
+
+
+@dataclass
+class PagedSequence:
+    """One whole sequence (``q [Hq, N, D]``, its k/v) in a fresh paged cache, run through vLLM's kernel
+    the way the engine runs a prefill segment: for op-level benchmarks and the profiler's cost model."""
+
+    query: torch.Tensor  # [N, Hq, D]
+    cache: torch.Tensor
+    kernel: SegmentKernel
+    scale: float
+
+    @classmethod
+    def of(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int = 128) -> PagedSequence:
+        hq, n, d = q.shape
+        isa = vllm_isa(q.dtype, block_size, d)
+        cache, block_ids = write_paged(k, v, block_size, isa)
+        return cls(q.transpose(0, 1).contiguous(), cache, SegmentKernel(isa, q.dtype, d, n, n, block_ids), d ** -0.5)
+
+    @property
+    def heads(self) -> tuple[int, ...]:
+        return tuple(range(self.query.shape[1]))
+
+    def dense(self) -> torch.Tensor:
+        """Exact causal attention of every head -> ``[Hq, N, D]``."""
+        return self.kernel.heads(self.query, self.cache, self.heads, scale=self.scale)
+
+    def sparse(self, index: SparseIndex) -> torch.Tensor:
+        """A column-free index over every head -> ``[Hq, N, D]``."""
+        return self.kernel.sparse(self.query, self.cache, self.heads, index, tail=0, scale=self.scale)[0]

@@ -25,7 +25,6 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -134,34 +133,6 @@ def load_inputs(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     return [(c.layer, c.q.to(device, dtype), c.k.to(device, dtype), c.v.to(device, dtype)) for c in captures]
 
 
-@dataclass
-class PagedLayer:
-    """One captured layer in a paged cache, for vLLM's CPU kernel (``--backend paged``)."""
-
-    query: torch.Tensor  # [N, Hq, D]
-    cache: torch.Tensor
-    kernel: object  # attention_backends.cpu_kernel.SegmentKernel over the whole sequence
-    scale: float
-
-    @classmethod
-    def of(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int = 64) -> PagedLayer:
-        from attention_backends.cpu_kernel import SegmentKernel, vllm_isa, write_paged
-
-        (hq, n, d), isa = q.shape, vllm_isa(q.dtype, block_size, q.shape[-1])
-        cache, block_ids = write_paged(k, v, block_size, isa)
-        return cls(q.transpose(0, 1).contiguous(), cache, SegmentKernel(isa, q.dtype, d, n, n, block_ids), d ** -0.5)
-
-    @property
-    def heads(self) -> tuple[int, ...]:
-        return tuple(range(self.query.shape[1]))
-
-    def dense(self) -> torch.Tensor:
-        return self.kernel.heads(self.query, self.cache, self.heads, scale=self.scale)
-
-    def sparse(self, index) -> torch.Tensor:
-        return self.kernel.sparse(self.query, self.cache, self.heads, index, tail=0, scale=self.scale)[0]
-
-
 def bench_pattern(
     params: SparseParams,
     inputs: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -169,7 +140,7 @@ def bench_pattern(
     device: torch.device,
     args: argparse.Namespace,
     progress: tqdm,
-    paged: list[PagedLayer] | None = None,
+    paged: list | None = None,
 ) -> dict[str, object]:
     """Estimate + execute one pattern on every layer (best of ``--repeats``); summed times, density, recall."""
     est_ms = exe_ms = 0.0
@@ -243,7 +214,11 @@ def main(argv: list[str] | None = None) -> Report:
     if args.backend == "paged" and (device.type != "cpu" or args.compare_cpu_backends):
         raise SystemExit("error: --backend paged runs vLLM's CPU kernel: CPU only, without --compare-cpu-backends")
     inputs = load_inputs(args, device, dtype)
-    paged = [PagedLayer.of(q, k, v) for _, q, k, v in inputs] if args.backend == "paged" else None
+    paged = None
+    if args.backend == "paged":
+        from attention_backends.cpu_kernel import PagedSequence
+
+        paged = [PagedSequence.of(q, k, v, block_size=64) for _, q, k, v in inputs]  # 64: exactly the index's pairs
 
     # warm-up (compiles flex/Triton once per shape); untimed but reported
     warmup: dict[str, float] = {}
