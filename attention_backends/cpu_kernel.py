@@ -41,14 +41,18 @@ def check_cache_layout(isa: str, dtype: torch.dtype, block_size: int, head_size:
     cache = torch.zeros(3, hkv, block_size, 2 * head_size, dtype=dtype)
     k = torch.randn(tokens, hkv, head_size).to(dtype)
     v = torch.randn(tokens, hkv, head_size).to(dtype)
-    key_cache, value_cache = split_cache(cache)
-    slots = torch.arange(block_size, block_size + tokens)
-    ops.cpu_attn_reshape_and_cache(k, v, key_cache, value_cache, slots, isa,
-                                   k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
+    write_kv(cache, k, v, torch.arange(block_size, block_size + tokens), isa)
     got_k, got_v = gather_sequence_kv(cache, torch.tensor([1, 2]), tokens, isa)
     if not (torch.equal(got_k, k.transpose(0, 1)) and torch.equal(got_v, v.transpose(0, 1))):
         raise RuntimeError(f"vLLM's CPU KV-cache layout for ISA {isa!r} is not the one sparse-serve "
                            "reads; serve with --no-sparse on this machine")
+
+
+def write_kv(cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, isa: str) -> None:
+    """vLLM's own cache-write op: ``k, v [T, Hkv, D]`` at ``slots [T]`` of ``cache [NB, Hkv, B, 2D]`` (layout of ``isa``)."""
+    key_cache, value_cache = split_cache(cache)
+    ops.cpu_attn_reshape_and_cache(k, v, key_cache, value_cache, slots, isa, k_scale=1.0, v_scale=1.0,
+                                   kv_cache_dtype="auto")
 
 
 def write_paged(k: torch.Tensor, v: torch.Tensor, block_size: int, isa: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,9 +63,7 @@ def write_paged(k: torch.Tensor, v: torch.Tensor, block_size: int, isa: str) -> 
     """
     hkv, n, d = k.shape
     cache = torch.zeros(-(-n // block_size), hkv, block_size, 2 * d, dtype=k.dtype)
-    key_cache, value_cache = split_cache(cache)
-    ops.cpu_attn_reshape_and_cache(k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous(), key_cache,
-                                   value_cache, torch.arange(n), isa, k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
+    write_kv(cache, k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous(), torch.arange(n), isa)
     return cache, torch.arange(cache.shape[0])
 
 

@@ -133,6 +133,16 @@ def load_inputs(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     return [(c.layer, c.q.to(device, dtype), c.k.to(device, dtype), c.v.to(device, dtype)) for c in captures]
 
 
+def _executor(index, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str,
+              paged: list | None) -> tuple[Callable[[], object], str]:
+    """How layer ``i`` runs ``index``: vLLM's kernel for a column-free index under ``--backend paged``
+    (``auto`` for the others), else ``backend``. Returns the call and the backend's name."""
+    if paged is not None and not index.has_columns:
+        return (lambda: paged[i].sparse(index)), "paged"
+    chosen = resolve_backend("auto" if paged is not None else backend, q.device, index)
+    return (lambda: run_index(q, k, v, index, backend=chosen)), chosen
+
+
 def bench_pattern(
     params: SparseParams,
     inputs: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -149,8 +159,7 @@ def bench_pattern(
         best_est = best_exe = float("inf")
         for _ in range(args.repeats):
             index, t_est = _timed(lambda: estimate_index(q, k, params), device)
-            on_kernel = paged is not None and not index.has_columns
-            run = (lambda: paged[i].sparse(index)) if on_kernel else (lambda: run_index(q, k, v, index, backend="auto" if paged else backend))
+            run, used = _executor(index, i, q, k, v, backend, paged)
             _, t_exe = _timed(run, device)
             if t_est + t_exe < best_est + best_exe:
                 best_est, best_exe = t_est, t_exe
@@ -162,7 +171,7 @@ def bench_pattern(
         progress.update(1)
     per_head = torch.cat(recalls)
     return {
-        "backend": "paged" if on_kernel else resolve_backend("auto" if paged else backend, device, index),
+        "backend": used,
         "estimate_ms": est_ms,
         "execute_ms": exe_ms,
         "density": sum(densities) / len(densities),
@@ -227,9 +236,7 @@ def main(argv: list[str] | None = None) -> Report:
     for b in backends:
         for params in patterns:
             index = estimate_index(q0, k0, params)
-            run = (lambda: paged[0].sparse(index)) if paged and not index.has_columns else (
-                lambda: run_index(q0, k0, v0, index, backend="auto" if paged else b))
-            _, ms = _timed(run, device)
+            _, ms = _timed(_executor(index, 0, q0, k0, v0, b, paged)[0], device)
             warmup[f"{b}/{params.pattern.value}"] = round(ms / 1000.0, 2)
 
     dense_ms = sum(

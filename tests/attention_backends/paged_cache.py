@@ -13,10 +13,6 @@ ISAS = [pytest.param("vec"), pytest.param("vec16"),
 
 def write_with_vllm(cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, isa: str = "vec") -> None:
     """Write ``k, v [T, Hkv, D]`` at ``slots [T]`` of ``cache [NB, Hkv, B, 2D]`` in the layout of ``isa``."""
-    from vllm import _custom_ops as ops
+    from attention_backends.cpu_kernel import write_kv
 
-    from attention_backends.cpu_kernel import split_cache
-
-    key_cache, value_cache = split_cache(cache)
-    ops.cpu_attn_reshape_and_cache(k, v, key_cache, value_cache, slots, isa,
-                                   k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
+    write_kv(cache, k, v, slots, isa)
