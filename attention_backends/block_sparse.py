@@ -15,15 +15,29 @@ from .patterns import BlockSparseParams
 from .sparse_index import SparseIndex
 
 
+POOL_CHUNK_ELEMS = 1 << 18
+"""Elements widened to float32 at a time when pooling (1 MiB): the copy stays in cache. ATen's
+widening sum over a whole bf16 ``[9, 32768, 64]`` tensor runs ~6x slower on CPU (measured)."""
+
+
 def mean_pool_blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Mean over consecutive blocks of rows: ``[H, N, D] -> float32 [H, ceil(N / B), D]`` (last block may be short)."""
+    """Mean over consecutive blocks of rows: ``[H, N, D] -> float32 [H, ceil(N / B), D]`` (last block may be short).
+
+    Sums in float32, a cache-sized chunk of blocks at a time.
+    """
     h, n, d = x.shape
     full = n // block_size
-    sums = x[:, : full * block_size].reshape(h, full, block_size, d).sum(dim=2, dtype=torch.float32) / block_size
-    if full * block_size == n:
-        return sums
-    tail = x[:, full * block_size :].mean(dim=1, keepdim=True, dtype=torch.float32)
-    return torch.cat([sums, tail], dim=1)
+    out = torch.empty(h, -(-n // block_size), d, dtype=torch.float32, device=x.device)
+    blocks = x[:, : full * block_size].reshape(h, full, block_size, d)
+    step = max(POOL_CHUNK_ELEMS // (block_size * d), 1)
+    for head in range(h):
+        for b0 in range(0, full, step):
+            b1 = min(b0 + step, full)
+            torch.sum(blocks[head, b0:b1].float(), dim=1, out=out[head, b0:b1])
+    out[:, :full] /= block_size
+    if full * block_size < n:
+        out[:, full] = x[:, full * block_size :].mean(dim=1, dtype=torch.float32)
+    return out
 
 
 def pooled_block_scores(q: torch.Tensor, k: torch.Tensor, block_size: int, scale: float) -> torch.Tensor:

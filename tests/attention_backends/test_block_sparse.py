@@ -1,6 +1,8 @@
 import torch
 
-from attention_backends.block_sparse import estimate_block_sparse, mean_pool_blocks, pooled_block_scores
+import pytest
+
+from attention_backends.block_sparse import POOL_CHUNK_ELEMS, estimate_block_sparse, mean_pool_blocks, pooled_block_scores
 from attention_backends.patterns import BlockSparseParams
 
 from sparse_cases import random_qkv
@@ -9,6 +11,19 @@ from sparse_cases import random_qkv
 def test_mean_pool_handles_a_short_last_block():
     x = torch.arange(10, dtype=torch.float32).view(1, 10, 1)
     assert mean_pool_blocks(x, 4).flatten().tolist() == [1.5, 5.5, 8.5]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_mean_pool_over_several_chunks_sums_in_float32(dtype):
+    blocks_per_chunk = POOL_CHUNK_ELEMS // (64 * 8)
+    n = 64 * (2 * blocks_per_chunk + 3) + 37  # three chunks of blocks and a short last block
+    x = torch.randn(3, n, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+    pooled = mean_pool_blocks(x, 64)
+    full = n // 64
+    expected = x[:, : full * 64].double().reshape(3, full, 64, 8).mean(dim=2)
+    assert pooled.dtype == torch.float32 and pooled.shape == (3, full + 1, 8)
+    torch.testing.assert_close(pooled[:, :full].double(), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(pooled[:, full].double(), x[:, full * 64 :].double().mean(dim=1), rtol=0, atol=1e-6)
 
 
 def test_pooled_scores_are_causal():
