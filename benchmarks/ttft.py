@@ -34,7 +34,7 @@ from profiles.schema import fingerprint_from_dir, load_profile, save_profile  # 
 from profiles.variants import transfer  # noqa: E402
 from server.model_prep import ensure_model  # noqa: E402
 from server.rope_variant import yarn_variant  # noqa: E402
-from server.sparse_setup import SHIPPED_PROFILE, shipped_profiles  # noqa: E402
+from server.sparse_setup import DUO_PROFILES_DIR, PROFILES_DIR, SHIPPED_PROFILE, shipped_profiles  # noqa: E402
 from tests.conftest import start_server, stop_server  # noqa: E402
 
 
@@ -49,16 +49,17 @@ def prompt_of(tokenizer, length: int, seed: int) -> tuple[list[int], str]:
     return body + question, doc.answer
 
 
-def shipped_profile_for(model: Path, fallback: Path) -> Path:
-    """The shipped profile calibrated on ``model``'s RoPE variant, else the native one re-bound to it."""
+def shipped_profile_for(model: Path, fallback: Path, folder: Path = PROFILES_DIR) -> Path:
+    """The profile in ``folder`` calibrated on ``model``'s RoPE variant, else its native one re-bound to it."""
     fingerprint = fingerprint_from_dir(model)
-    for path in shipped_profiles():
+    for path in shipped_profiles(folder):
         if load_profile(path).model == fingerprint:
-            print(f"profile: {path.name} (calibrated on this RoPE variant)", flush=True)
+            print(f"profile: {path.relative_to(PROFILES_DIR.parent)} (calibrated on this RoPE variant)", flush=True)
             return path
-    print(f"profile: {SHIPPED_PROFILE.name} re-bound to {model.name} (calibrated at native RoPE: approximate)",
-          flush=True)
-    save_profile(transfer(load_profile(SHIPPED_PROFILE), fingerprint), fallback)
+    native = folder / SHIPPED_PROFILE.name
+    print(f"profile: {native.relative_to(PROFILES_DIR.parent)} re-bound to {model.name} (calibrated at native RoPE: "
+          "approximate)", flush=True)
+    save_profile(transfer(load_profile(native), fingerprint), fallback)
     return fallback
 
 
@@ -94,13 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="dense,sparse")
     ap.add_argument("--profile", type=Path, default=None,
                     help="profile of the sparse server (default: the shipped one for the model's RoPE variant)")
+    ap.add_argument("--duo", action="store_true",
+                    help="the retrieval-head profile (profiles/duo/) for the model's RoPE variant instead")
     args = ap.parse_args(argv)
     lengths = [int(x) for x in args.lengths.split(",")]
     model = yarn_variant(ensure_model(), max(lengths) + args.answer_tokens + 64)
     tokenizer = AutoTokenizer.from_pretrained(model)
     prompts = {n: prompt_of(tokenizer, n, seed=n) for n in lengths}
     work = Path(tempfile.mkdtemp(prefix="ttft-"))
-    profile = args.profile or shipped_profile_for(model, work / "profile.json")
+    profile = args.profile or shipped_profile_for(model, work / "profile.json",
+                                                  DUO_PROFILES_DIR if args.duo else PROFILES_DIR)
     max_len = max(lengths) + args.answer_tokens + 64
     # default pool: one longest request in float32 with 25% to spare (vLLM refuses to start below one)
     pool = args.kv_cache_memory_bytes or int(max_len * KvShape.of(model).token_bytes("float32") * 1.25)

@@ -42,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--costs-from", type=Path, metavar="PROFILE",
         help="reuse the per-pattern costs measured in an earlier profile instead of timing them (reproducible reruns)",
     )
+    parser.add_argument(
+        "--retrieval-heads", type=float, metavar="F",
+        help="DuoAttention-style: keep the fraction F of the model's heads with the lowest streaming recall dense and "
+             "run every other head A-shape (much sparser than --target-recall, which then picks only KV policies)",
+    )
+    parser.add_argument("--streaming-window", type=int, default=512, metavar="N",
+                        help="local window of the A-shape heads with --retrieval-heads (default 512)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -71,6 +78,8 @@ def _build(args: argparse.Namespace) -> int:
         raise ValueError(f"--target-recall must be in (0, 1]; got {args.target_recall}")
     if args.dense_layers < 0:
         raise ValueError(f"--dense-layers must be >= 0; got {args.dense_layers}")
+    if args.retrieval_heads is not None and not 0.0 <= args.retrieval_heads < 1.0:
+        raise ValueError(f"--retrieval-heads must be in [0, 1); got {args.retrieval_heads}")
     costs = None
     if args.costs_from is not None:
         costs = load_profile(args.costs_from).calibration.pattern_cost
@@ -80,6 +89,8 @@ def _build(args: argparse.Namespace) -> int:
              "--target-recall", str(args.target_recall), "--seed", str(args.seed), "--dense-layers", str(args.dense_layers)]
     if args.costs_from is not None:
         words += ["--costs-from", str(args.costs_from)]
+    if args.retrieval_heads is not None:
+        words += ["--retrieval-heads", str(args.retrieval_heads), "--streaming-window", str(args.streaming_window)]
     command = "sparse-serve profile " + " ".join(shlex.quote(a) for a in words)
     request = ProfileRequest(
         model_dir=args.model,
@@ -90,6 +101,8 @@ def _build(args: argparse.Namespace) -> int:
         dense_layers=args.dense_layers,
         command=command,
         pattern_cost=costs,
+        retrieval_heads=args.retrieval_heads,
+        streaming_window=args.streaming_window,
     )
     profile, seconds = timed_build(request, progress=not args.quiet)
     save_profile(profile, args.out)

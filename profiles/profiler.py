@@ -27,6 +27,7 @@ from attention_backends.capture import LayerCapture, load_model, stream_layers
 from .calibration import TASKS, calibration_inputs
 from .kv_choice import KvLayerStats, choose_kv, decode_rows, score_kv_layer
 from .pattern_cost import measure_pattern_costs
+from .retrieval_heads import choose_retrieval_heads, streaming_candidate
 from .schema import CalibrationSettings, HeadProfile, LayerProfile, Profile, fingerprint_from_dir
 from .scoring import LayerScores, candidate_grid, choose_patterns, dense_choice, late_rows, score_layer
 
@@ -53,6 +54,12 @@ class ProfileRequest(BaseModel):
     pattern_cost: dict[str, float] | None = Field(
         None, description="Per-pattern costs to use instead of measuring them (makes a rerun reproducible)."
     )
+    retrieval_heads: float | None = Field(
+        None, ge=0.0, lt=1.0,
+        description="Instead of the recall target: keep this fraction of the model's heads dense (the lowest "
+        "streaming recall) and run every other head A-shape (:mod:`profiles.retrieval_heads`).",
+    )
+    streaming_window: int = Field(512, gt=0, description="Local window of the A-shape heads with retrieval_heads.")
 
 
 def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:
@@ -62,6 +69,8 @@ def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:
         raise ValueError(f"dense_layers {request.dense_layers} exceeds the model's {fingerprint.num_layers} layers")
     lengths = sorted(set(request.lengths))
     candidates = candidate_grid(lengths[0])
+    if request.retrieval_heads is not None:
+        streaming_candidate(candidates, request.streaming_window)  # a window the grid lacks fails now, not after scoring
     cost_layer = fingerprint.num_layers // 2
     torch.manual_seed(request.seed)
     scores: list[list[LayerScores]] = [[] for _ in range(fingerprint.num_layers)]
@@ -90,12 +99,15 @@ def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:
             stream_layers(model, item.ids, range(fingerprint.num_layers), on_layer)
         del model
     bar.close()
+    if request.retrieval_heads is None:
+        chosen = [[dense_choice(candidates[0].block_size)] * fingerprint.num_q_heads if layer < request.dense_layers
+                  else choose_patterns(per_input, request.target_recall, costs) for layer, per_input in enumerate(scores)]
+    else:
+        chosen = choose_retrieval_heads(scores, [s.streaming for s in kv_stats if s is not None],
+                                        fraction=request.retrieval_heads, window=request.streaming_window,
+                                        dense_layers=request.dense_layers)
     layers = []
-    for layer, per_input in enumerate(scores):
-        if layer < request.dense_layers:
-            choices = [dense_choice(candidates[0].block_size)] * fingerprint.num_q_heads
-        else:
-            choices = choose_patterns(per_input, request.target_recall, costs)
+    for layer, choices in enumerate(chosen):
         kv = choose_kv([c.params for c in choices], kv_stats[layer], request.target_recall)
         heads = [
             HeadProfile(
@@ -117,6 +129,7 @@ def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:
         tasks=list(TASKS),
         pattern_cost=costs,
         dense_layers=request.dense_layers,
+        retrieval_heads=request.retrieval_heads,
     )
     return Profile(model=fingerprint, calibration=calibration, layers=layers)
 

@@ -87,6 +87,10 @@ class CalibrationSettings(_Strict):
     dense_layers: int = Field(
         0, ge=0, description="The first layers, whose heads were all kept dense whatever their scores (0 in older files)."
     )
+    retrieval_heads: float | None = Field(
+        None, ge=0.0, lt=1.0, description="When set: the fraction of heads kept dense by lowest streaming recall, "
+        "every other head A-shape (DuoAttention-style); the recall target then chose only KV policies.",
+    )
 
 
 class Profile(_Strict):

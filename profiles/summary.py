@@ -20,7 +20,9 @@ def format_summary(profile: Profile) -> str:
     lines = [
         f"model: {fp.architecture}, {fp.num_layers} layers, {fp.num_q_heads} q / {fp.num_kv_heads} kv heads, head_dim {fp.head_dim}",
         f"calibration: lengths {profile.calibration.lengths}, target recall {profile.calibration.target_recall}, "
-        f"seed {profile.calibration.seed}, first {profile.calibration.dense_layers} layers dense",
+        f"seed {profile.calibration.seed}, first {profile.calibration.dense_layers} layers dense"
+        + ("" if profile.calibration.retrieval_heads is None else
+           f", retrieval heads {profile.calibration.retrieval_heads:g} dense (the others A-shape)"),
         "layer  patterns (head order)                   mean density  min recall",
     ]
     for layer in profile.layers:

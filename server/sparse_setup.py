@@ -29,11 +29,13 @@ logger = logging.getLogger(__name__)
 PROFILES_DIR = Path(profiles.__file__).resolve().parent
 SHIPPED_PROFILE = PROFILES_DIR / "smollm2-135m-instruct.json"
 """The default model's profile, at its native RoPE."""
+DUO_PROFILES_DIR = PROFILES_DIR / "duo"
+"""Retrieval-head profiles (DuoAttention-style, :mod:`profiles.retrieval_heads`), same file names; never a default."""
 
 
-def shipped_profiles() -> list[Path]:
-    """Every profile shipped in ``profiles/`` (one per model and RoPE variant)."""
-    return sorted(PROFILES_DIR.glob("*.json"))
+def shipped_profiles(folder: Path = PROFILES_DIR) -> list[Path]:
+    """Every profile shipped in ``folder`` (default ``profiles/``: the defaults, one per model and RoPE variant)."""
+    return sorted(folder.glob("*.json"))
 
 
 class SparseSetupError(RuntimeError):

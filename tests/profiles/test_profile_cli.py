@@ -58,6 +58,8 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "no model config" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli("--lengths", "8k")
+    assert cli("--model", str(tmp_path), "--out", str(tmp_path / "x.json"), "--retrieval-heads", "1.5") == 2
+    assert "--retrieval-heads must be in [0, 1); got 1.5" in capsys.readouterr().err
 
 
 def test_dense_layers_errors(tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from accuracy.scoring import score
 from accuracy.tasks.registry import generate_samples
 from live_client import client
 from loadtests.tokenizer import load_tokenizer
@@ -45,6 +46,19 @@ class Needle:
     dense_reply: str
     prompt_tokens: int
 
+    def ask(self, server) -> tuple[str, int]:
+        """``server``'s greedy reply to the needle chat and the prompt tokens it counted."""
+        out = client(server).chat.completions.create(model=server.model, messages=self.messages,
+                                                     max_tokens=self.max_tokens, temperature=0)
+        return out.choices[0].message.content, out.usage.prompt_tokens
+
+    def assert_found(self, server) -> None:
+        """``server`` answers the needle right, as plain vLLM does (which must answer it too)."""
+        ours, prompt_tokens = self.ask(server)
+        assert prompt_tokens == self.prompt_tokens > 6000
+        assert score(self.dense_reply, self.answers, self.metric) == 1.0, ("dense misses", self.dense_reply)
+        assert score(ours, self.answers, self.metric) == 1.0, (self.answers, ours, self.dense_reply)
+
 
 @pytest.fixture(scope="session")
 def needle(dense_server) -> Needle:
@@ -53,7 +67,6 @@ def needle(dense_server) -> Needle:
     sample = generate_samples(tokenizer, ["niah_single"], [7168], 1, seed=3, endpoint="chat",
                               depths=[0.6], progress=False)[0]
     messages = [{"role": "user", "content": sample.prompt}]
-    out = client(dense_server).chat.completions.create(model=dense_server.model, messages=messages,
-                                                       max_tokens=sample.max_tokens, temperature=0)
-    return Needle(messages, sample.max_tokens, list(sample.answers), sample.metric,
-                  out.choices[0].message.content, out.usage.prompt_tokens)
+    unasked = Needle(messages, sample.max_tokens, list(sample.answers), sample.metric, "", 0)
+    reply, prompt_tokens = unasked.ask(dense_server)
+    return Needle(messages, sample.max_tokens, list(sample.answers), sample.metric, reply, prompt_tokens)

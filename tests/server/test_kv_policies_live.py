@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from accuracy.scoring import score
-from live_client import FULL_THRESHOLD, client, complete, counter, document, metrics
+from live_client import FULL_THRESHOLD, complete, counter, document, metrics
 from profiles.schema import KvChoice, load_profile, save_profile
 from profiles.variants import with_kv
 from server.sparse_setup import SHIPPED_PROFILE
@@ -35,13 +34,8 @@ def test_needle_found_with_profile_kv_policies_as_with_dense(launch_server, need
     (Every KV head ShadowKV at the defaults loses this needle: the profiler keeps such heads `full`.)
     """
     with launch_server("--kv-policies") as (_, server):
-        out = client(server).chat.completions.create(model=server.model, messages=needle.messages,
-                                                     max_tokens=needle.max_tokens, temperature=0)
+        needle.assert_found(server)
         samples = metrics(server)
-    assert out.usage.prompt_tokens == needle.prompt_tokens > 6000
-    ours = out.choices[0].message.content
-    assert score(needle.dense_reply, needle.answers, needle.metric) == 1.0, ("dense misses", needle.dense_reply)
-    assert score(ours, needle.answers, needle.metric) == 1.0, (needle.answers, ours, needle.dense_reply)
     compressed = sum(counter(samples, "kv_policy_heads", policy=p) for p in ("shadowkv", "nosa", "streaming"))
     assert compressed > 0, "the shipped profile compresses no KV head"
     steps = counter(samples, "kv_decode_steps_total")
