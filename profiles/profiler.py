@@ -11,6 +11,8 @@ every head dense and skip the prefill scoring (an error there reaches every late
 costs are measured once on a real layer (:mod:`profiles.pattern_cost`). Per-head choices aggregate
 conservatively over lengths and prompts (MInference's offline pattern search, MoA /
 DuoAttention's per-head heterogeneity).
+With ``retrieval_heads`` set, the recall target gives way to DuoAttention's split
+(:mod:`profiles.retrieval_heads`): a fraction of heads dense, every other head streaming.
 """
 
 from __future__ import annotations
