@@ -34,10 +34,14 @@ def estimate_a_shape(
     blocks (``B = block_size``); ``scale`` is accepted for a uniform estimator signature.
     """
     shape = check_qk(q, k, scale=scale)
-    one = SparseIndex.from_block_mask(a_shape_block_mask(shape.seq_len, params, q.device).unsqueeze(0),
-                                      shape.seq_len, params.block_size)
-    heads = shape.num_q_heads
+    return a_shape_index(shape.seq_len, shape.num_q_heads, params, q.device)
+
+
+def a_shape_index(seq_len: int, num_heads: int, params: AShapeParams, device: torch.device | str = "cpu") -> SparseIndex:
+    """:func:`estimate_a_shape` from the shapes alone: the pattern reads no query or key."""
+    one = SparseIndex.from_block_mask(a_shape_block_mask(seq_len, params, device).unsqueeze(0), seq_len,
+                                      params.block_size)
     return SparseIndex(  # one plan, repeated per head
         seq_len=one.seq_len, block_size=one.block_size,
-        block_ids=one.block_ids.repeat(heads, 1, 1), block_counts=one.block_counts.repeat(heads, 1),
-        columns=one.columns.repeat(heads, 1, 1), column_counts=one.column_counts.repeat(heads, 1))
+        block_ids=one.block_ids.repeat(num_heads, 1, 1), block_counts=one.block_counts.repeat(num_heads, 1),
+        columns=one.columns.repeat(num_heads, 1, 1), column_counts=one.column_counts.repeat(num_heads, 1))

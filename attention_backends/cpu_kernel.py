@@ -122,6 +122,7 @@ class SegmentKernel:
     seq_len: int
     block_ids: torch.Tensor
     _metadata: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _plans: dict[tuple[int, int, int], tuple[SparseIndex, PagedPlan]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._query_start_loc = torch.tensor([0, self.num_queries], dtype=torch.int32)
@@ -185,7 +186,12 @@ class SegmentKernel:
 
         Returns ``out [len(heads), Nq, D]`` and the (query, key) pairs computed.
         """
-        plan = plan_paged(index, self.seq_len - self.num_queries, tail, kv_cache.shape[2])
+        # an index object seen before (a static pattern shared by the layers) reuses its plan; the
+        # entry holds the index, so its id cannot be reused by another object while the entry lives
+        key = (id(index), tail, kv_cache.shape[2])
+        if key not in self._plans:
+            self._plans[key] = (index, plan_paged(index, self.seq_len - self.num_queries, tail, kv_cache.shape[2]))
+        plan = self._plans[key][1]
         return self.blocks(query, kv_cache, heads, plan, scale=scale), plan.kept_pairs
 
 

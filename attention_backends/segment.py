@@ -13,7 +13,11 @@ segment's queries against every key, as MInference does per chunk):
 * ``dense`` heads run exact causal attention over the segment (:func:`dense_tail_attention`, or
   the engine's own paged kernel passed in as ``exact``);
 * sparse groups whose index has no single columns can run on that paged kernel too (``paged``,
-  see ``paged_plan``); the others run ``interface.run_index``.
+  see ``paged_plan``); the others run ``interface.run_index``;
+* the context's keys/values are copied out of the cache (:class:`SequenceKV`) only for what
+  needs them: estimating a query-aware index, ``run_index``, dense heads without ``exact``. An
+  A-shape index needs no tensor at all (planned once per segment and shape, shared by the
+  layers), so a segment of dense and A-shape heads on the engine's kernel reads nothing.
 
 Pure tensors in, tensors out; the vLLM adapter (``vllm_backend``) feeds it from the paged cache.
 """
@@ -22,11 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
+from .a_shape import a_shape_index
 from .interface import Backend, estimate_index, run_index
-from .patterns import DenseParams, PatternParams
+from .patterns import AShapeParams, DenseParams, PatternParams
 from .sparse_index import SparseIndex
 
 
@@ -44,6 +50,39 @@ ExactHeads = Callable[[tuple[int, ...]], torch.Tensor]
 PagedHeads = Callable[[tuple[int, ...], SparseIndex, int], tuple[torch.Tensor, int]]
 """``(heads, column-free index, tail rows)`` -> the segment's output of those heads ``[len(heads), Nq, D]``
 (their last ``tail`` rows exact over every key) and the (query, key) pairs computed."""
+
+
+class SequenceKV:
+    """Keys and values ``[Hkv, N, D]`` of a segment's whole sequence, read on first use, once.
+
+    ``read`` returns them (the vLLM adapter: a gather from the paged cache); :meth:`of` wraps
+    tensors at hand.
+    """
+
+    def __init__(self, read: Callable[[], tuple[torch.Tensor, torch.Tensor]], num_kv_heads: int,
+                 seq_len: int) -> None:
+        self._read = read
+        self.num_kv_heads = num_kv_heads
+        self.seq_len = seq_len
+        self._kv: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def of(cls, k: torch.Tensor, v: torch.Tensor) -> SequenceKV:
+        return cls(lambda: (k, v), k.shape[0], k.shape[1])
+
+    @property
+    def was_read(self) -> bool:
+        return self._kv is not None
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``k, v [Hkv, N, D]``; raises ``ValueError`` when the reader's shapes disagree with the declared ones."""
+        if self._kv is None:
+            k, v = self._read()
+            if tuple(k.shape[:2]) != (self.num_kv_heads, self.seq_len) or v.shape != k.shape:
+                raise ValueError(f"context read as k {tuple(k.shape)}, v {tuple(v.shape)}; expected "
+                                 f"[{self.num_kv_heads}, {self.seq_len}, D] for both")
+            self._kv = (k, v)
+        return self._kv
 
 
 @dataclass
@@ -117,8 +156,7 @@ def _split_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
 
 def segment_attention(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    kv: SequenceKV,
     groups: list[HeadGroup],
     *,
     scale: float,
@@ -126,30 +164,34 @@ def segment_attention(
     dense_tail: int = 0,
     exact: ExactHeads | None = None,
     paged: PagedHeads | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, SegmentStats]:
     """Per-head-group sparse attention of one prefill segment.
 
-    ``q [Hq, Nq, D]`` are the queries at positions ``[N - Nq, N)``; ``k, v [Hkv, N, D]`` every
-    key/value of the sequence so far; ``groups`` must cover each query head once. ``dense``
+    ``q [Hq, Nq, D]`` are the queries at positions ``[N - Nq, N)``; ``kv`` every key/value
+    ``[Hkv, N, D]`` of the sequence so far; ``groups`` must cover each query head once. ``dense``
     groups run ``exact(heads)`` (the vLLM adapter passes vLLM's own paged kernel), by default
     :func:`dense_tail_attention`. Sparse groups whose index has no columns run ``paged`` when
     given (the adapter passes vLLM's paged kernel), the others ``run_index(backend=...)``. The last
     ``dense_tail`` query rows of the sparse heads run exact attention over every key (a prompt's
     final question must read the whole context: SnapKV's observation window, FlexPrefill's exact
     last block).
-    Returns ``out [Hq, Nq, D]`` (``q.dtype``) and the kept / causal pair counts of the segment
-    (kept counts the tail rows' sparse pairs too, so it is an upper bound by at most
-    ``dense_tail`` rows' budgets).
+    Returns ``out [Hq, Nq, D]`` (``q.dtype``; written into ``out`` when given, e.g. a strided view
+    of the engine's output rows) and the kept / causal pair counts of the segment (kept counts the
+    tail rows' sparse pairs too, so it is an upper bound by at most ``dense_tail`` rows' budgets).
     """
     hq, nq, d = q.shape
-    hkv, n, _ = k.shape
+    hkv, n = kv.num_kv_heads, kv.seq_len
     if nq > n or hq % hkv:
         raise ValueError(f"segment of {nq} queries x {hq} heads does not fit {n} keys x {hkv} kv heads")
     covered = sorted(h for g in groups for h in g.heads)
     if covered != list(range(hq)):
         raise ValueError(f"head groups must cover query heads 0..{hq - 1} once; got {covered}")
     start, per_kv = n - nq, hq // hkv
-    out = torch.empty_like(q)
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != q.dtype:
+        raise ValueError(f"out {tuple(out.shape)} {out.dtype} does not match q {tuple(q.shape)} {q.dtype}")
     stats = SegmentStats()
     sparse_heads: list[int] = []
     for group in groups:
@@ -158,21 +200,27 @@ def segment_attention(
             if exact is not None:
                 out[heads] = exact(group.heads).to(q.dtype)
             else:
+                k, v = kv.get()
                 out[heads] = dense_tail_attention(q[heads], k[heads // per_kv], v[heads // per_kv], scale=scale)
             pairs = causal_pairs(n, start) * len(group.heads)
             stats.kept_pairs += pairs
             stats.causal_pairs += pairs
             continue
-        kg = k[heads // per_kv]
-        q_full = q.new_zeros(len(group.heads), n, d)
-        q_full[:, start:] = q[heads]
-        index = estimate_index(q_full, kg, group.params, scale=scale)
+        q_full = kg = None
+        if isinstance(group.params, AShapeParams):  # static: the same object for every layer of the segment
+            index = _static_index(n, len(group.heads), group.params, q.device)
+        else:
+            q_full, kg = _square_rows(q[heads], n), kv.get()[0][heads // per_kv]
+            index = estimate_index(q_full, kg, group.params, scale=scale)
         if paged is not None and not index.has_columns:
             o, kept = paged(group.heads, index, dense_tail)
             out[heads] = o.to(q.dtype)
             stats.kept_pairs += kept
             stats.causal_pairs += causal_pairs(n, start) * len(group.heads)
             continue
+        k, v = kv.get()
+        if q_full is None or kg is None:
+            q_full, kg = _square_rows(q[heads], n), k[heads // per_kv]
         sparse_heads += group.heads
         out[heads] = run_index(q_full, kg, v[heads // per_kv], index, scale=scale, backend=backend, rows_from=start)
         first_block = start // index.block_size
@@ -180,9 +228,22 @@ def segment_attention(
         stats.causal_pairs += causal_pairs(n, first_block * index.block_size) * len(group.heads)
     tail = min(dense_tail, nq)
     if tail > 0 and sparse_heads:
+        k, v = kv.get()
         heads = torch.tensor(sorted(sparse_heads), device=q.device)
         out[heads, nq - tail :] = dense_tail_attention(
             q[heads, nq - tail :], k[heads // per_kv], v[heads // per_kv], scale=scale
         )
         stats.kept_pairs = min(stats.kept_pairs + causal_pairs(n, n - tail) * len(sparse_heads), stats.causal_pairs)
     return out, stats
+
+
+_static_index = lru_cache(maxsize=64)(a_shape_index)
+"""A-shape indices by (N, heads, params, device): planned once per segment, reused by every layer
+(and by ``cpu_kernel.SegmentKernel``'s plan cache, which keys on the index object)."""
+
+
+def _square_rows(q: torch.Tensor, n: int) -> torch.Tensor:
+    """``q [H, Nq, D]`` as the last rows of ``[H, N, D]`` (earlier rows zero: planned, never executed)."""
+    full = q.new_zeros(q.shape[0], n, q.shape[2])
+    full[:, n - q.shape[1]:] = q
+    return full

@@ -65,7 +65,7 @@ from .head_plan import HeadPlan
 from .paged_kv import gather_sequence_kv
 from .patterns import DenseParams
 from .plugin_config import PluginConfig
-from .segment import causal_pairs, dense_tail_attention, segment_attention
+from .segment import SequenceKV, causal_pairs, dense_tail_attention, segment_attention
 from .windowed import HistoryMissing, pool_window, windowed_context
 
 logger = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
         if plan is None:
             return output
         for seg in plan.segments:
-            output[seg.q_start:seg.q_end] = self._segment(layer, seg, query, key, value, kv_cache, plan.window)
+            self._segment(layer, seg, query, key, value, kv_cache, plan.window, output[seg.q_start:seg.q_end])
         self._compressed_decode(layer, query, key, value, kv_cache, plan, output)
         return output
 
@@ -269,8 +269,8 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                 pairs = causal_pairs(seg.seq_len, seg.seq_len - (seg.q_end - seg.q_start)) * self.num_heads
                 self._runtime.stats.add_pairs(layer_idx, pairs, pairs)
 
-    def _segment(self, layer, seg: Segment, query, key, value, kv_cache, window: int) -> torch.Tensor:
-        """Attention output ``[Nq, Hq, D]`` of one segment: sparse per head group, or dense."""
+    def _segment(self, layer, seg: Segment, query, key, value, kv_cache, window: int, output: torch.Tensor) -> None:
+        """Write the attention output ``[Nq, Hq, D]`` of one segment: sparse per head group, or dense."""
         layer_idx, groups = self._groups(layer)
         stats = self._runtime.stats
         rows = slice(seg.q_start, seg.q_end)
@@ -283,11 +283,14 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                 if stats is not None:
                     stats.add_fallback("no_history")
                 k_all, v_all = pool_window(kv_cache, seg.block_ids, seg.seq_len, window, layer.isa)
-        else:
-            k_all, v_all = gather_sequence_kv(kv_cache, seg.block_ids, seg.seq_len, layer.isa)
+            kv = SequenceKV.of(k_all, v_all)
+        else:  # read from the pool only if a group needs the tensors (see segment.SequenceKV)
+            kv = SequenceKV(lambda: gather_sequence_kv(kv_cache, seg.block_ids, seg.seq_len, layer.isa),
+                            self.num_kv_heads, seg.seq_len)
         q = query[rows].transpose(0, 1)
         if seg.dense:
-            return dense_tail_attention(q, k_all, v_all, scale=self.scale).transpose(0, 1).to(query.dtype)
+            output.copy_(dense_tail_attention(q, *kv.get(), scale=self.scale).transpose(0, 1))
+            return
         config = self._runtime.config
         executor = config.executor or ("triton" if query.is_cuda else "gather")
         kernel, q_rows = seg.kernel, query[rows]
@@ -298,17 +301,17 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                 paged = lambda heads, index, tail: kernel.sparse(q_rows, kv_cache, heads, index, tail=tail,  # noqa: E731
                                                                  scale=self.scale)
         try:
-            out, pairs = segment_attention(q, k_all, v_all, list(groups), scale=self.scale, backend=executor,
-                                           dense_tail=config.dense_tail, exact=exact, paged=paged)
+            _, pairs = segment_attention(q, kv, list(groups), scale=self.scale, backend=executor,
+                                         dense_tail=config.dense_tail, exact=exact, paged=paged,
+                                         out=output.transpose(0, 1))
         except Exception:  # noqa: BLE001 - any failure of the sparse path runs dense, counted
             logger.exception("sparse prefill failed on layer %d (%d tokens); running dense", layer_idx, seg.seq_len)
             if stats is not None:
                 stats.add_fallback("error")
-            out = dense_tail_attention(q, k_all, v_all, scale=self.scale)
+            output.copy_(dense_tail_attention(q, *kv.get(), scale=self.scale).transpose(0, 1))
         else:
             if stats is not None:
                 stats.add_pairs(layer_idx, pairs.kept_pairs, pairs.causal_pairs)
-        return out.transpose(0, 1).to(query.dtype)
 
     def _compressed_decode(self, layer, query, key, value, kv_cache, plan: BatchPlan, output) -> None:
         """Replace the compressed heads' output of every planned decode row by its store's attention."""

@@ -1,6 +1,6 @@
 import torch
 
-from attention_backends.a_shape import a_shape_block_mask, estimate_a_shape
+from attention_backends.a_shape import a_shape_block_mask, a_shape_index, estimate_a_shape
 from attention_backends.patterns import AShapeParams
 
 from sparse_cases import random_qkv
@@ -30,3 +30,11 @@ def test_index_is_valid_for_lengths_off_the_block_grid():
     for n in (1, 15, 17, 100):
         q, k, _ = random_qkv(n)
         estimate_a_shape(q, k, AShapeParams(n_init=3, n_local=20, block_size=16)).validate()
+
+
+def test_index_from_shapes_alone_equals_the_estimate():
+    params = AShapeParams(n_init=3, n_local=20, block_size=16)
+    q, k, _ = random_qkv(150)
+    got, want = a_shape_index(150, q.shape[0], params), estimate_a_shape(q, k, params)
+    assert torch.equal(got.to_mask(), want.to_mask())
+    assert torch.equal(got.block_counts, want.block_counts)

@@ -8,7 +8,7 @@ import torch
 from attention_backends import BlockSparseParams, SparseIndex, estimate_index, masked_attention
 from attention_backends.paged_kv import gather_sequence_kv
 from attention_backends.patterns import AShapeParams, DenseParams
-from attention_backends.segment import HeadGroup, causal_pairs, dense_tail_attention, segment_attention
+from attention_backends.segment import HeadGroup, SequenceKV, causal_pairs, dense_tail_attention, segment_attention
 from paged_cache import ISAS, write_with_vllm
 
 SCALE = 0.125
@@ -86,8 +86,8 @@ def test_segment_with_the_kernel_for_dense_heads_equals_the_default_path(ck) -> 
         return kernel.heads(query, cache, heads, scale=SCALE)
 
     q = query.transpose(0, 1)
-    got, stats = segment_attention(q, k, v, groups, scale=SCALE, dense_tail=16, exact=exact)
-    want, want_stats = segment_attention(q, k, v, groups, scale=SCALE, dense_tail=16)
+    got, stats = segment_attention(q, SequenceKV.of(k, v), groups, scale=SCALE, dense_tail=16, exact=exact)
+    want, want_stats = segment_attention(q, SequenceKV.of(k, v), groups, scale=SCALE, dense_tail=16)
     assert calls == [(0, 2, 3)]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert stats == want_stats
@@ -149,12 +149,35 @@ def test_segment_runs_column_free_groups_on_the_kernel(ck) -> None:
         return kernel.sparse(query, cache, heads, index, tail=tail, scale=SCALE)
 
     q = query.transpose(0, 1)
-    got, stats = segment_attention(q, k, v, groups, scale=SCALE, dense_tail=64, paged=paged)
-    want, _ = segment_attention(q, k, v, groups, scale=SCALE, dense_tail=64)
+    got, stats = segment_attention(q, SequenceKV.of(k, v), groups, scale=SCALE, dense_tail=64, paged=paged)
+    want, _ = segment_attention(q, SequenceKV.of(k, v), groups, scale=SCALE, dense_tail=64)
     assert calls == [(1, 4), (2, 5)]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert stats.causal_pairs == HQ * causal_pairs(n, n - nq)  # the segment's rows exactly
     assert 0 < stats.kept_pairs < stats.causal_pairs
+
+
+def test_segment_of_dense_and_a_shape_heads_on_the_kernel_never_reads_the_context(ck) -> None:
+    n, nq = 1000, 400
+    cache, block_ids = _paged(n, torch.float32, seed=7, bs=64)
+    query = torch.randn(nq, HQ, D, generator=torch.Generator().manual_seed(8))
+    k, v = gather_sequence_kv(cache, block_ids, n)
+    groups = [HeadGroup(DenseParams(), (0, 4)), HeadGroup(AShapeParams(n_init=64, n_local=128), (1, 2, 3, 5))]
+    kernel = ck.SegmentKernel("vec", torch.float32, D, nq, n, block_ids)
+
+    def unread():
+        raise AssertionError("the context was copied out of the cache")
+
+    q = query.transpose(0, 1)
+    lazy = SequenceKV(unread, HKV, n)
+    got, stats = segment_attention(
+        q, lazy, groups, scale=SCALE, dense_tail=64,
+        exact=lambda heads: kernel.heads(query, cache, heads, scale=SCALE),
+        paged=lambda heads, index, tail: kernel.sparse(query, cache, heads, index, tail=tail, scale=SCALE))
+    want, _ = segment_attention(q, SequenceKV.of(k, v), groups, scale=SCALE, dense_tail=64)
+    assert not lazy.was_read
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert stats.causal_pairs == HQ * causal_pairs(n, n - nq)
 
 
 def test_kernel_rejects_a_segment_of_another_shape(ck) -> None:

@@ -12,7 +12,7 @@ from attention_backends.patterns import (
     FlexPrefillParams,
     VerticalSlashParams,
 )
-from attention_backends.segment import HeadGroup, _tiled_masked_attention, causal_pairs, dense_tail_attention, segment_attention
+from attention_backends.segment import HeadGroup, SequenceKV, _tiled_masked_attention, causal_pairs, dense_tail_attention, segment_attention
 from profiles.variants import full_budget_params
 
 SCALE = 0.125
@@ -53,7 +53,7 @@ def test_full_budget_groups_equal_dense_on_any_segment(n: int, nq: int) -> None:
         HeadGroup(full_budget_params(PATTERNS[2]), (2, 5)),
         HeadGroup(full_budget_params(PATTERNS[3]), (3,)),
     ]
-    out, stats = segment_attention(q, k, v, groups, scale=SCALE, backend="gather")
+    out, stats = segment_attention(q, SequenceKV.of(k, v), groups, scale=SCALE, backend="gather")
     torch.testing.assert_close(out, _exact(q, k, v), atol=2e-5, rtol=1e-4)
     assert stats.kept_pairs >= 6 * causal_pairs(n, n - nq)
     assert stats.density >= 1.0 - 1e-9
@@ -64,8 +64,8 @@ def test_segment_rows_equal_whole_sequence_rows() -> None:
     n, nq = 384, 100
     q_all, k, v = _qkv(n, n, seed=1)
     groups = [HeadGroup(PATTERNS[0], tuple(range(6)))]
-    whole, _ = segment_attention(q_all, k, v, groups, scale=SCALE)
-    tail, stats = segment_attention(q_all[:, n - nq:], k, v, groups, scale=SCALE)
+    whole, _ = segment_attention(q_all, SequenceKV.of(k, v), groups, scale=SCALE)
+    tail, stats = segment_attention(q_all[:, n - nq:], SequenceKV.of(k, v), groups, scale=SCALE)
     torch.testing.assert_close(tail, whole[:, n - nq:], atol=1e-5, rtol=1e-5)
     assert 0 < stats.density < 1
 
@@ -74,7 +74,7 @@ def test_sparse_budget_keeps_fewer_pairs_and_dense_group_is_exact() -> None:
     n, nq = 512, 128
     q, k, v = _qkv(n, nq, seed=2)
     groups = [HeadGroup(DenseParams(), (0, 1, 2)), HeadGroup(PATTERNS[0], (3, 4, 5))]
-    out, stats = segment_attention(q, k, v, groups, scale=SCALE)
+    out, stats = segment_attention(q, SequenceKV.of(k, v), groups, scale=SCALE)
     torch.testing.assert_close(out[:3], _exact(q, k, v)[:3], atol=2e-5, rtol=1e-4)
     assert stats.density < 0.9
     assert not torch.allclose(out[3:], _exact(q, k, v)[3:], atol=1e-3)
@@ -94,17 +94,34 @@ def test_dense_tail_attention_handles_gqa_prefixes_and_tiles(n: int, nq: int) ->
 def test_groups_must_cover_every_head_once() -> None:
     q, k, v = _qkv(64, 64)
     with pytest.raises(ValueError, match="cover query heads"):
-        segment_attention(q, k, v, [HeadGroup(PATTERNS[0], (0, 1, 2))], scale=SCALE)
+        segment_attention(q, SequenceKV.of(k, v), [HeadGroup(PATTERNS[0], (0, 1, 2))], scale=SCALE)
 
 
 def test_dense_tail_rows_are_exact_and_the_rest_stays_sparse() -> None:
     n, nq, tail = 512, 200, 64
     q, k, v = _qkv(n, nq, seed=4)
     groups = [HeadGroup(PATTERNS[0], tuple(range(6)))]
-    sparse_only, plain = segment_attention(q, k, v, groups, scale=SCALE)
-    out, stats = segment_attention(q, k, v, groups, scale=SCALE, dense_tail=tail)
+    sparse_only, plain = segment_attention(q, SequenceKV.of(k, v), groups, scale=SCALE)
+    out, stats = segment_attention(q, SequenceKV.of(k, v), groups, scale=SCALE, dense_tail=tail)
     exact = _exact(q, k, v)
     torch.testing.assert_close(out[:, -tail:], exact[:, -tail:], atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(out[:, :-tail], sparse_only[:, :-tail])
     assert not torch.allclose(sparse_only[:, -tail:], exact[:, -tail:], atol=1e-3)
     assert plain.density < stats.density <= 1.0
+
+
+def test_context_is_read_once_and_its_shape_checked() -> None:
+    q, k, v = _qkv(300, 100, seed=5)
+    reads: list[int] = []
+
+    def read():
+        reads.append(1)
+        return k, v
+
+    groups = [HeadGroup(PATTERNS[1], (0, 1, 2)), HeadGroup(PATTERNS[2], (3, 4, 5))]
+    got, _ = segment_attention(q, SequenceKV(read, k.shape[0], 300), groups, scale=SCALE, dense_tail=16)
+    want, _ = segment_attention(q, SequenceKV.of(k, v), groups, scale=SCALE, dense_tail=16)
+    assert reads == [1]
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="context read as"):
+        segment_attention(q, SequenceKV(read, k.shape[0], 301), groups, scale=SCALE)
