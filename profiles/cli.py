@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--streaming-window", type=int, default=512, metavar="N",
                         help="local window of the A-shape heads with --retrieval-heads (default 512)")
+    parser.add_argument("--retrieval-top-k", type=int, metavar="K",
+                        help="with --retrieval-heads: run the retrieval heads block-sparse with K key blocks per query "
+                             "block (a scored candidate: 64-token blocks, budgets 1/32 to 1/4 of the shortest length) "
+                             "instead of dense")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -80,6 +84,9 @@ def _build(args: argparse.Namespace) -> int:
         raise ValueError(f"--dense-layers must be >= 0; got {args.dense_layers}")
     if args.retrieval_heads is not None and not 0.0 <= args.retrieval_heads < 1.0:
         raise ValueError(f"--retrieval-heads must be in [0, 1); got {args.retrieval_heads}")
+    if args.retrieval_top_k is not None and (args.retrieval_heads is None or args.retrieval_top_k <= 0):
+        raise ValueError(f"--retrieval-top-k must be a positive block count and needs --retrieval-heads; "
+                         f"got {args.retrieval_top_k}")
     costs = None
     if args.costs_from is not None:
         costs = load_profile(args.costs_from).calibration.pattern_cost
@@ -91,6 +98,8 @@ def _build(args: argparse.Namespace) -> int:
         words += ["--costs-from", str(args.costs_from)]
     if args.retrieval_heads is not None:
         words += ["--retrieval-heads", str(args.retrieval_heads), "--streaming-window", str(args.streaming_window)]
+    if args.retrieval_top_k is not None:
+        words += ["--retrieval-top-k", str(args.retrieval_top_k)]
     command = "sparse-serve profile " + " ".join(shlex.quote(a) for a in words)
     request = ProfileRequest(
         model_dir=args.model,
@@ -103,6 +112,7 @@ def _build(args: argparse.Namespace) -> int:
         pattern_cost=costs,
         retrieval_heads=args.retrieval_heads,
         streaming_window=args.streaming_window,
+        retrieval_top_k=args.retrieval_top_k,
     )
     profile, seconds = timed_build(request, progress=not args.quiet)
     save_profile(profile, args.out)

@@ -29,7 +29,7 @@ from attention_backends.capture import LayerCapture, load_model, stream_layers
 from .calibration import TASKS, calibration_inputs
 from .kv_choice import KvLayerStats, choose_kv, decode_rows, score_kv_layer
 from .pattern_cost import measure_pattern_costs
-from .retrieval_heads import choose_retrieval_heads, streaming_candidate
+from .retrieval_heads import block_sparse_candidate, choose_retrieval_heads, streaming_candidate
 from .schema import CalibrationSettings, HeadProfile, LayerProfile, Profile, fingerprint_from_dir
 from .scoring import LayerScores, candidate_grid, choose_patterns, dense_choice, late_rows, score_layer
 
@@ -62,6 +62,10 @@ class ProfileRequest(BaseModel):
         "streaming recall) and run every other head A-shape (:mod:`profiles.retrieval_heads`).",
     )
     streaming_window: int = Field(512, gt=0, description="Local window of the A-shape heads with retrieval_heads.")
+    retrieval_top_k: int | None = Field(
+        None, gt=0, description="With retrieval_heads: run the retrieval heads block-sparse with this many key "
+        "blocks per query block (a scored candidate) instead of dense.",
+    )
 
 
 def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:
@@ -73,6 +77,8 @@ def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:
     candidates = candidate_grid(lengths[0])
     if request.retrieval_heads is not None:
         streaming_candidate(candidates, request.streaming_window)  # a window the grid lacks fails now, not after scoring
+        if request.retrieval_top_k is not None:
+            block_sparse_candidate(candidates, request.retrieval_top_k)
     cost_layer = fingerprint.num_layers // 2
     torch.manual_seed(request.seed)
     scores: list[list[LayerScores]] = [[] for _ in range(fingerprint.num_layers)]
@@ -107,7 +113,7 @@ def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:
     else:
         chosen = choose_retrieval_heads(scores, [s.streaming for s in kv_stats if s is not None],
                                         fraction=request.retrieval_heads, window=request.streaming_window,
-                                        dense_layers=request.dense_layers)
+                                        dense_layers=request.dense_layers, retrieval_top_k=request.retrieval_top_k)
     layers = []
     for layer, choices in enumerate(chosen):
         kv = choose_kv([c.params for c in choices], kv_stats[layer], request.target_recall)
@@ -132,6 +138,7 @@ def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:
         pattern_cost=costs,
         dense_layers=request.dense_layers,
         retrieval_heads=request.retrieval_heads,
+        retrieval_top_k=request.retrieval_top_k,
     )
     return Profile(model=fingerprint, calibration=calibration, layers=layers)
 

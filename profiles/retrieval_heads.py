@@ -5,7 +5,9 @@ DuoAttention observes that only a few heads ("retrieval heads") need the whole c
 the model by its measured *streaming recall* (the attention mass that 4 sinks + a 1,024-token window
 keep for the closing question's last rows, the worst over calibration prompts and lengths;
 :func:`profiles.kv_stats.streaming_decode_recall`): the given fraction of heads that keep the least
-stay dense, every other head runs the A-shape candidate with the given local window. DuoAttention
+stay dense (or, with ``retrieval_top_k``, run the block-sparse candidate keeping that many key blocks
+per query block: a budget that grows with nothing but the block count, so the retrieval heads stop
+costing quadratic time at 64K), every other head runs the A-shape candidate with the given local window. DuoAttention
 learns its split with gates optimised on synthetic passkey data; this is the measured-recall
 shortcut. The recall and density recorded per A-shape head are that candidate's scores.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from attention_backends.patterns import AShapeParams, SparseParams
+from attention_backends.patterns import AShapeParams, BlockSparseParams, SparseParams
 
 from .scoring import HeadChoice, LayerScores, dense_choice
 
@@ -32,6 +34,22 @@ def streaming_candidate(candidates: list[SparseParams], window: int) -> int:
     raise ValueError(f"streaming window {window} was not scored; the calibration length gives A-shape windows {windows}")
 
 
+def block_sparse_candidate(candidates: list[SparseParams], top_k: int) -> int:
+    """Index of the block-sparse candidate keeping ``top_k`` blocks (``ValueError`` naming those scored)."""
+    scored = [c.top_k for c in candidates if isinstance(c, BlockSparseParams)]
+    for i, c in enumerate(candidates):
+        if isinstance(c, BlockSparseParams) and c.top_k == top_k:
+            return i
+    raise ValueError(f"block-sparse top_k {top_k} was not scored; the calibration length gives top_k {scored}")
+
+
+def _scored(per_input: list[LayerScores], c: int) -> tuple[SparseParams, torch.Tensor, torch.Tensor]:
+    """Candidate ``c``'s parameters, recall (minimum over inputs) and density (maximum) per head."""
+    recall = torch.stack([s.recall[c] for s in per_input]).amin(0)
+    density = torch.stack([s.density[c] for s in per_input]).amax(0)
+    return per_input[0].candidates[c], recall, density
+
+
 def choose_retrieval_heads(
     scores: list[list[LayerScores]],
     streaming_recall: list[torch.Tensor],
@@ -39,10 +57,12 @@ def choose_retrieval_heads(
     fraction: float,
     window: int,
     dense_layers: int = 0,
+    retrieval_top_k: int | None = None,
 ) -> list[list[HeadChoice]]:
     """Per layer, per head: dense for the ``fraction`` of the model's heads with the lowest streaming
-    recall (rounded; at least one when ``fraction > 0``), A-shape with local window ``window`` for the
-    others; every head of the first ``dense_layers`` layers dense as well.
+    recall (rounded; at least one when ``fraction > 0``), or block-sparse with ``retrieval_top_k`` key
+    blocks when given; A-shape with local window ``window`` for the others; every head of the first
+    ``dense_layers`` layers dense.
 
     ``scores[l]``: the layer's candidate scores per calibration input (empty for dense layers);
     ``streaming_recall[l]``: ``float [Hq]``, its heads' streaming recall (minimum over inputs).
@@ -62,10 +82,15 @@ def choose_retrieval_heads(
             continue
         if not scores[layer]:
             raise ValueError(f"layer {layer} has no candidate scores")
-        c = streaming_candidate(scores[layer][0].candidates, window)
-        recall = torch.stack([s.recall[c] for s in scores[layer]]).amin(0)
-        density = torch.stack([s.density[c] for s in scores[layer]]).amax(0)
-        params = scores[layer][0].candidates[c]
-        out.append([dense_choice() if (layer, h) in retrieval else HeadChoice(params, float(recall[h]), float(density[h]))
-                    for h in range(recalls.numel())])
+        candidates = scores[layer][0].candidates
+        streaming = _scored(scores[layer], streaming_candidate(candidates, window))
+        wide = None if retrieval_top_k is None else _scored(scores[layer], block_sparse_candidate(candidates, retrieval_top_k))
+        row = []
+        for h in range(recalls.numel()):
+            if (layer, h) in retrieval and wide is None:
+                row.append(dense_choice())
+            else:
+                params, recall, density = wide if (layer, h) in retrieval else streaming
+                row.append(HeadChoice(params, float(recall[h]), float(density[h])))
+        out.append(row)
     return out

@@ -91,6 +91,10 @@ class CalibrationSettings(_Strict):
         None, ge=0.0, lt=1.0, description="When set: the fraction of heads kept dense by lowest streaming recall, "
         "every other head A-shape (DuoAttention-style); the recall target then chose only KV policies.",
     )
+    retrieval_top_k: int | None = Field(
+        None, gt=0, description="With retrieval_heads: those heads run block-sparse with this many key blocks per "
+        "query block instead of dense.",
+    )
 
 
 class Profile(_Strict):

@@ -22,7 +22,9 @@ def format_summary(profile: Profile) -> str:
         f"calibration: lengths {profile.calibration.lengths}, target recall {profile.calibration.target_recall}, "
         f"seed {profile.calibration.seed}, first {profile.calibration.dense_layers} layers dense"
         + ("" if profile.calibration.retrieval_heads is None else
-           f", retrieval heads {profile.calibration.retrieval_heads:g} dense (the others A-shape)"),
+           f", retrieval heads {profile.calibration.retrieval_heads:g} "
+           + ("dense" if profile.calibration.retrieval_top_k is None else
+              f"block-sparse top_k {profile.calibration.retrieval_top_k}") + " (the others A-shape)"),
         "layer  patterns (head order)                   mean density  min recall",
     ]
     for layer in profile.layers:

@@ -60,6 +60,8 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         cli("--lengths", "8k")
     assert cli("--model", str(tmp_path), "--out", str(tmp_path / "x.json"), "--retrieval-heads", "1.5") == 2
     assert "--retrieval-heads must be in [0, 1); got 1.5" in capsys.readouterr().err
+    assert cli("--model", str(tmp_path), "--out", str(tmp_path / "x.json"), "--retrieval-top-k", "32") == 2
+    assert "--retrieval-top-k must be a positive block count and needs --retrieval-heads; got 32" in capsys.readouterr().err
 
 
 def test_dense_layers_errors(tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

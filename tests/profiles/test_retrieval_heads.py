@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from attention_backends.patterns import AShapeParams
+from attention_backends.patterns import AShapeParams, BlockSparseParams
 from profiles.profiler import ProfileRequest, build_profile
-from profiles.retrieval_heads import choose_retrieval_heads, streaming_candidate
+from profiles.retrieval_heads import block_sparse_candidate, choose_retrieval_heads, streaming_candidate
 from profiles.scoring import LayerScores, candidate_grid
 from profiles.summary import format_summary
 
-CANDIDATES = candidate_grid(512)  # A-shape windows 64 and 128
+CANDIDATES = candidate_grid(512)  # A-shape windows 64 and 128, block-sparse top_k 2
 
 
 def scores(seed: int, heads: int = 4) -> LayerScores:
@@ -38,6 +38,25 @@ def test_lowest_streaming_recall_heads_stay_dense_and_the_rest_take_the_window()
             # conservative over the inputs: the smaller recall, the larger density
             assert choice.recall == pytest.approx(min(float(s.recall[c, h]) for s in per_layer[layer]))
             assert choice.density == pytest.approx(max(float(s.density[c, h]) for s in per_layer[layer]))
+
+
+def test_retrieval_heads_can_run_a_scored_block_sparse_candidate_instead_of_dense() -> None:
+    per_layer = [[scores(1), scores(2)], [scores(3), scores(4)]]
+    streaming = [torch.tensor([0.9, 0.2, 0.8, 0.7]), torch.tensor([0.1, 0.95, 0.6, 0.5])]
+    dense = choose_retrieval_heads(per_layer, streaming, fraction=0.25, window=64)
+    wide = choose_retrieval_heads(per_layer, streaming, fraction=0.25, window=64, retrieval_top_k=2)
+    c = block_sparse_candidate(CANDIDATES, 2)
+    for layer in range(2):
+        for h in range(4):
+            if dense[layer][h].params.pattern.value != "dense":
+                assert wide[layer][h] == dense[layer][h]  # the streaming heads do not move
+                continue
+            assert wide[layer][h].params == CANDIDATES[c] == BlockSparseParams(top_k=2)
+            assert wide[layer][h].recall == pytest.approx(min(float(s.recall[c, h]) for s in per_layer[layer]))
+            assert wide[layer][h].density == pytest.approx(max(float(s.density[c, h]) for s in per_layer[layer]))
+    assert sum(ch.params.pattern.value == "block_sparse" for row in wide for ch in row) == 2
+    with pytest.raises(ValueError, match=r"block-sparse top_k 5 was not scored.*\[2, 2\]"):
+        choose_retrieval_heads(per_layer, streaming, fraction=0.25, window=64, retrieval_top_k=5)
 
 
 def test_dense_layers_are_dense_and_outside_the_ranking() -> None:
@@ -75,3 +94,11 @@ def test_profiler_keeps_the_lowest_streaming_recall_heads_dense(tiny_llama: Path
     assert "retrieval heads 0.25 dense (the others A-shape)" in format_summary(profile)
     with pytest.raises(ValueError, match="streaming window 100 was not scored"):
         build_profile(request.model_copy(update={"streaming_window": 100}), progress=False)
+    with pytest.raises(ValueError, match="block-sparse top_k 5 was not scored"):
+        build_profile(request.model_copy(update={"retrieval_top_k": 5}), progress=False)
+    wide = build_profile(request.model_copy(update={"retrieval_top_k": 2}), progress=False)
+    sparse = [h for layer in wide.layers for h in layer.heads if h.prefill.pattern.value == "block_sparse"]
+    assert [(h.head, h.kv) for h in sparse] == [(h.head, h.kv) for h in dense]  # the same heads, the same KV policies
+    assert all(h.prefill == BlockSparseParams(top_k=2) and 0.0 < h.density <= 1.0 for h in sparse)
+    assert wide.calibration.retrieval_top_k == 2
+    assert "retrieval heads 0.25 block-sparse top_k 2 (the others A-shape)" in format_summary(wide)

@@ -61,14 +61,17 @@ def test_recall_target_holds_at_reduced_length(shipped) -> None:
 
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct.json", "smollm2-135m-instruct-yarn4x.json"])
 def test_retrieval_head_profiles_follow_their_rule(name: str) -> None:
-    """profiles/duo/: 10% of the heads dense (the lowest streaming recall), every other head A-shape 64 + 256."""
+    """profiles/duo/: the 10% of heads with the lowest streaming recall block-sparse top_k 32 (2,048 keys per
+    query block), every other head A-shape 64 + 256; none dense."""
     duo = load_profile(SHIPPED.parent / "duo" / name)
     default = load_profile(SHIPPED.parent / name)
     assert duo.model == default.model  # the same RoPE variant as the default file of that name
-    assert duo.calibration.retrieval_heads == 0.1 and duo.calibration.dense_layers == 0
+    assert duo.calibration.retrieval_heads == 0.1 and duo.calibration.retrieval_top_k == 32
+    assert duo.calibration.dense_layers == 0
     heads = [h for layer in duo.layers for h in layer.heads]
-    dense = [h for h in heads if isinstance(h.prefill, DenseParams)]
-    streaming = [h for h in heads if not isinstance(h.prefill, DenseParams)]
-    assert len(dense) == round(0.1 * len(heads)) == 27
+    retrieval = [h for h in heads if h.prefill.pattern.value == "block_sparse"]
+    streaming = [h for h in heads if h.prefill.pattern.value != "block_sparse"]
+    assert len(retrieval) == round(0.1 * len(heads)) == 27
+    assert all(h.prefill.top_k == 32 for h in retrieval)
     assert all(h.prefill.pattern.value == "a_shape" and h.prefill.n_local == 256 for h in streaming)
-    assert max(h.kv.params["streaming_recall"] for h in dense) <= min(h.kv.params["streaming_recall"] for h in streaming)
+    assert max(h.kv.params["streaming_recall"] for h in retrieval) <= min(h.kv.params["streaming_recall"] for h in streaming)
