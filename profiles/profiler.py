@@ -12,7 +12,8 @@ costs are measured once on a real layer (:mod:`profiles.pattern_cost`). Per-head
 conservatively over lengths and prompts (MInference's offline pattern search, MoA /
 DuoAttention's per-head heterogeneity).
 With ``retrieval_heads`` set, the recall target gives way to DuoAttention's split
-(:mod:`profiles.retrieval_heads`): a fraction of heads dense, every other head streaming.
+(:mod:`profiles.retrieval_heads`): a fraction of heads dense (or block-sparse with ``retrieval_top_k``),
+every other head streaming.
 """
 
 from __future__ import annotations

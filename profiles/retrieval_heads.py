@@ -27,20 +27,20 @@ from .scoring import HeadChoice, LayerScores, dense_choice
 
 def streaming_candidate(candidates: list[SparseParams], window: int) -> int:
     """Index of the A-shape candidate with local window ``window`` (``ValueError`` naming the windows scored)."""
-    windows = [c.n_local for c in candidates if isinstance(c, AShapeParams)]
-    for i, c in enumerate(candidates):
-        if isinstance(c, AShapeParams) and c.n_local == window:
-            return i
-    raise ValueError(f"streaming window {window} was not scored; the calibration length gives A-shape windows {windows}")
+    return _grid_index(candidates, AShapeParams, "n_local", window, "streaming window")
 
 
 def block_sparse_candidate(candidates: list[SparseParams], top_k: int) -> int:
     """Index of the block-sparse candidate keeping ``top_k`` blocks (``ValueError`` naming those scored)."""
-    scored = [c.top_k for c in candidates if isinstance(c, BlockSparseParams)]
+    return _grid_index(candidates, BlockSparseParams, "top_k", top_k, "block-sparse top_k")
+
+
+def _grid_index(candidates: list[SparseParams], kind: type, field: str, value: int, what: str) -> int:
+    scored = [getattr(c, field) for c in candidates if isinstance(c, kind)]
     for i, c in enumerate(candidates):
-        if isinstance(c, BlockSparseParams) and c.top_k == top_k:
+        if isinstance(c, kind) and getattr(c, field) == value:
             return i
-    raise ValueError(f"block-sparse top_k {top_k} was not scored; the calibration length gives top_k {scored}")
+    raise ValueError(f"{what} {value} was not scored; the calibration length gives {scored}")
 
 
 def _scored(per_input: list[LayerScores], c: int) -> tuple[SparseParams, torch.Tensor, torch.Tensor]:
