@@ -219,7 +219,7 @@ def segment_attention(
             stats.causal_pairs += causal_pairs(n, start) * len(group.heads)
             continue
         k, v = kv.get()
-        if q_full is None or kg is None:
+        if q_full is None or kg is None:  # A-shape: planned without tensors
             q_full, kg = _square_rows(q[heads], n), k[heads // per_kv]
         sparse_heads += group.heads
         out[heads] = run_index(q_full, kg, v[heads // per_kv], index, scale=scale, backend=backend, rows_from=start)

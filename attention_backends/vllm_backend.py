@@ -288,8 +288,12 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
             kv = SequenceKV(lambda: gather_sequence_kv(kv_cache, seg.block_ids, seg.seq_len, layer.isa),
                             self.num_kv_heads, seg.seq_len)
         q = query[rows].transpose(0, 1)
-        if seg.dense:
+
+        def write_dense() -> None:
             output.copy_(dense_tail_attention(q, *kv.get(), scale=self.scale).transpose(0, 1))
+
+        if seg.dense:
+            write_dense()
             return
         config = self._runtime.config
         executor = config.executor or ("triton" if query.is_cuda else "gather")
@@ -308,7 +312,7 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
             logger.exception("sparse prefill failed on layer %d (%d tokens); running dense", layer_idx, seg.seq_len)
             if stats is not None:
                 stats.add_fallback("error")
-            output.copy_(dense_tail_attention(q, *kv.get(), scale=self.scale).transpose(0, 1))
+            write_dense()
         else:
             if stats is not None:
                 stats.add_pairs(layer_idx, pairs.kept_pairs, pairs.causal_pairs)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
 from attention_backends.capture import LayerCapture, load_model, stream_layers
@@ -67,6 +67,12 @@ class ProfileRequest(BaseModel):
         None, gt=0, description="With retrieval_heads: run the retrieval heads block-sparse with this many key "
         "blocks per query block (a scored candidate) instead of dense.",
     )
+
+    @model_validator(mode="after")
+    def _top_k_needs_retrieval_heads(self) -> ProfileRequest:
+        if self.retrieval_top_k is not None and self.retrieval_heads is None:
+            raise ValueError("retrieval_top_k is set but retrieval_heads is not: it picks the retrieval heads' pattern")
+        return self
 
 
 def build_profile(request: ProfileRequest, *, progress: bool = True) -> Profile:

@@ -96,6 +96,8 @@ def test_profiler_keeps_the_lowest_streaming_recall_heads_dense(tiny_llama: Path
         build_profile(request.model_copy(update={"streaming_window": 100}), progress=False)
     with pytest.raises(ValueError, match="block-sparse top_k 5 was not scored"):
         build_profile(request.model_copy(update={"retrieval_top_k": 5}), progress=False)
+    with pytest.raises(ValueError, match="retrieval_top_k is set but retrieval_heads is not"):
+        ProfileRequest(model_dir=tiny_llama, lengths=(512,), retrieval_top_k=2)
     wide = build_profile(request.model_copy(update={"retrieval_top_k": 2}), progress=False)
     sparse = [h for layer in wide.layers for h in layer.heads if h.prefill.pattern.value == "block_sparse"]
     assert [(h.head, h.kv) for h in sparse] == [(h.head, h.kv) for h in dense]  # the same heads, the same KV policies
