@@ -9,7 +9,8 @@ segment's queries against every key, as MInference does per chunk):
 * heads are grouped by pattern parameters; each group is planned and executed once, its
   key/value heads expanded per query head (GQA) so any subset of query heads forms a group;
 * the index is planned for the whole ``N x N`` causal square with the segment's queries in
-  the last rows (earlier rows are zero and never executed: ``rows_from``);
+  the last rows (earlier rows are zero and never executed: ``rows_from``); block-sparse indices
+  are planned on the segment's own query blocks only (the same choice, in ``Nq`` rows);
 * ``dense`` heads run exact causal attention over the segment (:func:`dense_tail_attention`, or
   the engine's own paged kernel passed in as ``exact``);
 * sparse groups whose index has no single columns can run on that paged kernel too (``paged``,
@@ -32,7 +33,8 @@ import torch
 
 from .a_shape import a_shape_index
 from .interface import Backend, estimate_index, run_index
-from .patterns import AShapeParams, DenseParams, PatternParams
+from .block_sparse import estimate_block_sparse_rows, mean_pool_blocks
+from .patterns import AShapeParams, BlockSparseParams, DenseParams, PatternParams
 from .sparse_index import SparseIndex
 
 
@@ -209,6 +211,8 @@ def segment_attention(
         q_full = kg = None
         if isinstance(group.params, AShapeParams):  # static: the same object for every layer of the segment
             index = _static_index(n, len(group.heads), group.params, q.device)
+        elif isinstance(group.params, BlockSparseParams):  # planned on the segment's own query blocks
+            index = _segment_block_sparse(q[heads], kv, heads // per_kv, group.params, scale)
         else:
             q_full, kg = _square_rows(q[heads], n), kv.get()[0][heads // per_kv]
             index = estimate_index(q_full, kg, group.params, scale=scale)
@@ -240,6 +244,14 @@ def segment_attention(
 _static_index = lru_cache(maxsize=64)(a_shape_index)
 """A-shape indices by (N, heads, params, device): planned once per segment, reused by every layer
 (and by ``cpu_kernel.SegmentKernel``'s plan cache, which keys on the index object)."""
+
+
+def _segment_block_sparse(q: torch.Tensor, kv: SequenceKV, kv_heads: torch.Tensor, params: BlockSparseParams,
+                          scale: float) -> SparseIndex:
+    """Block-sparse index of ``q [H, Nq, D]`` (the segment's rows of a group), keys pooled once per key/value head."""
+    used, per_head = torch.unique(kv_heads, return_inverse=True)
+    pooled = mean_pool_blocks(kv.get()[0][used], params.block_size)[per_head]
+    return estimate_block_sparse_rows(q, pooled, kv.seq_len, params, scale=scale)
 
 
 def _square_rows(q: torch.Tensor, n: int) -> torch.Tensor:

@@ -2,7 +2,13 @@ import torch
 
 import pytest
 
-from attention_backends.block_sparse import POOL_CHUNK_ELEMS, estimate_block_sparse, mean_pool_blocks, pooled_block_scores
+from attention_backends.block_sparse import (
+    POOL_CHUNK_ELEMS,
+    estimate_block_sparse,
+    estimate_block_sparse_rows,
+    mean_pool_blocks,
+    pooled_block_scores,
+)
 from attention_backends.patterns import BlockSparseParams
 
 from sparse_cases import random_qkv
@@ -53,3 +59,33 @@ def test_deterministic():
     a = estimate_block_sparse(q, k, BlockSparseParams(top_k=4, block_size=16))
     b = estimate_block_sparse(q.clone(), k.clone(), BlockSparseParams(top_k=4, block_size=16))
     assert torch.equal(a.block_mask(), b.block_mask())
+
+
+@pytest.mark.parametrize("n,nq", [(320, 320), (320, 77), (320, 64), (300, 1), (257, 200)])
+def test_segment_rows_plan_what_the_zero_padded_square_plans(n, nq):
+    """A chunk's own query blocks get the same key blocks as on the square with zero rows before it."""
+    q, k, _ = random_qkv(n, q_heads=4, kv_heads=2)
+    params = BlockSparseParams(top_k=3, block_size=16)
+    square = torch.zeros_like(q)
+    square[:, n - nq :] = q[:, n - nq :]
+    expected = estimate_block_sparse(square, k, params, scale=0.25)
+    pooled_k = mean_pool_blocks(k, 16).repeat_interleave(2, dim=0)
+    index = estimate_block_sparse_rows(q[:, n - nq :], pooled_k, n, params, scale=0.25)
+    index.validate()
+    first = (n - nq) // 16
+    assert index.block_ids.shape[:2] == expected.block_ids.shape[:2]
+    assert torch.equal(index.block_mask()[:, first:], expected.block_mask()[:, first:])
+    assert torch.equal(index.pair_counts(first), expected.pair_counts(first))
+    # blocks before the chunk are not planned: their diagonal only
+    assert (index.block_counts[:, :first] == 1).all()
+    assert torch.equal(index.block_mask()[:, :first], torch.eye(index.num_q_blocks, dtype=torch.bool)[:first].expand(4, -1, -1))
+
+
+def test_segment_rows_refuse_mismatched_shapes():
+    q, k, _ = random_qkv(128, q_heads=4, kv_heads=2)
+    params = BlockSparseParams(top_k=3, block_size=16)
+    pooled_k = mean_pool_blocks(k, 16).repeat_interleave(2, dim=0)
+    with pytest.raises(ValueError, match="do not fit"):
+        estimate_block_sparse_rows(q, pooled_k, 100, params, scale=0.25)  # more rows than positions
+    with pytest.raises(ValueError, match="do not fit"):
+        estimate_block_sparse_rows(q, pooled_k[:2], 128, params, scale=0.25)  # one pooled key per query head

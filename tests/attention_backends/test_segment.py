@@ -13,6 +13,7 @@ from attention_backends.patterns import (
     VerticalSlashParams,
 )
 from attention_backends.segment import HeadGroup, SequenceKV, _tiled_masked_attention, causal_pairs, dense_tail_attention, segment_attention
+from attention_backends.interface import estimate_index, run_index
 from profiles.variants import full_budget_params
 
 SCALE = 0.125
@@ -89,6 +90,24 @@ def test_dense_tail_attention_handles_gqa_prefixes_and_tiles(n: int, nq: int) ->
     got = dense_tail_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), scale=SCALE)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), exact, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("n, nq", [(512, 100), (512, 512), (300, 1)])
+def test_block_sparse_segment_runs_the_square_plan_on_its_rows(n: int, nq: int) -> None:
+    """Planned on the segment's own query blocks, a block-sparse group computes what the square plan computes."""
+    q, k, v = _qkv(n, nq, seed=6)
+    params = PATTERNS[2]
+    groups = [HeadGroup(params, (1, 2, 4)), HeadGroup(DenseParams(), (0, 3, 5))]
+    out, stats = segment_attention(q, SequenceKV.of(k, v), groups, scale=SCALE, backend="gather")
+    square = torch.zeros(3, n, q.shape[2])
+    square[:, n - nq:] = q[[1, 2, 4]]
+    kg, vg = k[[0, 0, 1]], v[[0, 0, 1]]  # heads 1, 2, 4 of 6 over 2 kv heads
+    index = estimate_index(square, kg, params, scale=SCALE)
+    want = run_index(square, kg, vg, index, scale=SCALE, backend="gather", rows_from=n - nq)
+    torch.testing.assert_close(out[[1, 2, 4]], want, atol=0, rtol=0)
+    first = (n - nq) // params.block_size
+    dense_pairs = 3 * causal_pairs(n, n - nq)
+    assert stats.kept_pairs == int(index.pair_counts(first).sum()) + dense_pairs
 
 
 def test_groups_must_cover_every_head_once() -> None:
