@@ -15,9 +15,8 @@ import torch
 
 from kvcache.decode_step import RopeSpec
 
-from .cpu_kernel import SegmentKernel
-
 if TYPE_CHECKING:
+    from .cpu_kernel import SegmentKernel
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionMetadata
 
 
@@ -27,7 +26,8 @@ class Segment:
 
     ``dense``: computed exactly (a windowed layer's segment too short for the sparse path);
     ``slot``: the slot its first row writes (names the request in windowed layers);
-    ``kernel``: vLLM's kernel for its dense heads (outside windowed layers, whose pool lacks the context).
+    ``kernel``: vLLM's kernel for its dense heads (outside windowed layers, whose pool lacks the context);
+    ``tail``: its last query rows computed exactly by the sparse heads too (:func:`segment_tail`).
     """
 
     q_start: int
@@ -37,6 +37,17 @@ class Segment:
     dense: bool = False
     slot: int = -1
     kernel: SegmentKernel | None = None
+    tail: int = 0
+
+
+def segment_tail(seq_len: int, prompt_tokens: int | None, dense_tail: int) -> int:
+    """Rows at the end of a prefill segment whose context reaches ``seq_len`` that run exact attention.
+
+    ``dense_tail`` when the segment ends its prompt (``seq_len >= prompt_tokens``, or the prompt is
+    unknown: the safe side), else 0: a prompt's question is at its end, and an earlier chunk's last
+    rows are only document.
+    """
+    return dense_tail if prompt_tokens is None or seq_len >= prompt_tokens else 0
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ class PluginConfig(BaseModel):
     threshold: int = Field(ge=1, description="Prefill segments whose context (cached + new tokens) "
                            "is shorter run dense through the wrapped backend.")
     min_segment: int = Field(64, ge=1, description="Segments with fewer new tokens run dense.")
-    dense_tail: int = Field(64, ge=0, description="Last query rows of every sparse segment computed "
-                            "dense (the question at the end of a prompt reads the whole context).")
+    dense_tail: int = Field(64, ge=0, description="Last query rows of the sparse segment that ends a prompt "
+                            "computed dense (the question at the end of a prompt reads the whole context); "
+                            "earlier chunks of the prompt have none.")
     executor: Literal["gather", "flex", "triton", "reference"] | None = Field(
         None, description="Sparse executor for every sparse head. Default on CPU: vLLM's own paged kernel "
         "for column-free indices (A-shape, block-sparse, query-aware blocks), gather for the others; "

@@ -15,13 +15,17 @@ SGLang do it:
   (:mod:`attention_backends.cpu_kernel`).
 
 Segments too short to plan (fewer than ``min_segment`` new tokens) and segments whose sparse
-path raises run dense; both are logged and counted as fallbacks (``engine_stats``).
+path raises run dense; both are logged and counted as fallbacks (``engine_stats``). The KV
+connector (:mod:`kvcache.vllm_connector`) names each segment's request: a request that asked for
+dense prefill runs on vLLM's kernel (counted as dense-prefill tokens), and only the segment that
+ends a prompt computes its last ``dense_tail`` rows exactly (earlier chunks' last rows are
+document, not the question).
 
 With compressed decode on (``kv_policies``), decode rows of requests whose context reaches
 ``kv_threshold`` are also planned: after vLLM's kernel, the query heads of the layer's
 compressed KV groups (:mod:`kvcache.head_policy`) are recomputed from the request's store
-(:mod:`kvcache.decode_step`); the KV connector (:mod:`kvcache.vllm_connector`) names the
-request of each row and frees stores when requests end. vLLM's kernel still runs every head
+(:mod:`kvcache.decode_step`); the KV connector names the request of each row and frees stores
+when requests end. vLLM's kernel still runs every head
 (its output for the compressed heads is replaced), so this path saves no time yet.
 
 *Windowed* layers (``--kv-window-layers``: every KV head compressed, a sliding-window KV spec of
@@ -55,10 +59,10 @@ from kvcache.decode_step import RopeSpec, advance, attend_all, pre_rope_rows
 from kvcache.head_policy import KvGroup, KvPlan
 from kvcache.rope import model_rope
 from kvcache.store import SequenceKvStore
-from kvcache.vllm_connector import STEP_END_HOOKS, STORES, request_at_slot
+from kvcache.vllm_connector import STEP_END_HOOKS, STORES, prefill_at_slot, request_at_slot
 from profiles.schema import load_profile
 
-from .batch_plan import BatchPlan, KvRow, Segment
+from .batch_plan import BatchPlan, KvRow, Segment, segment_tail
 from .cpu_kernel import SegmentKernel, check_cache_layout
 from .engine_stats import EngineStats
 from .head_plan import HeadPlan
@@ -122,10 +126,10 @@ class SparseCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         self._config = rt.config
         self._rope: RopeSpec | None = None
         self._window = 0
+        if not has_kv_transfer_group():
+            raise RuntimeError("sparse prefill needs the sparse-serve KV connector (kv_transfer_config), which "
+                               "names each request's prompt; start the engine through `sparse-serve serve`")
         if rt.kv_plan is not None:
-            if not has_kv_transfer_group():
-                raise RuntimeError("compressed decode (kv_policies) needs the sparse-serve KV connector "
-                                   "(kv_transfer_config); start the engine through `sparse-serve serve`")
             self._rope = RopeSpec(*model_rope(vllm_config.model_config.hf_config))
             if self.window_size > 0:
                 if self.window_size != self._config.kv_threshold:
@@ -150,26 +154,29 @@ class SparseCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         kv_rows: list[KvRow] = []
         dense_reqs: list[int] = []
         dense_prefill = 0
-        slots = cm.slot_mapping.cpu() if self._rope is not None else None
+        slots = cm.slot_mapping.cpu()
         window = self._window
         for i in range(cm.num_reqs):
             q_len, seq_len = qsl[i + 1] - qsl[i], seq_lens[i]
-            if slots is not None and q_len == 1 and seq_len >= self._config.kv_threshold:
-                kv_rows.append(KvRow(qsl[i], int(slots[qsl[i]]), seq_len, cm.block_table_tensor[i]))
+            slot = int(slots[qsl[i]])
+            if self._rope is not None and q_len == 1 and seq_len >= self._config.kv_threshold:
+                kv_rows.append(KvRow(qsl[i], slot, seq_len, cm.block_table_tensor[i]))
                 if window:
                     continue  # the stores compute every head of a windowed layer
             long_context = q_len > 1 and seq_len >= self._config.threshold
-            sparse = long_context and q_len >= self._config.min_segment
-            if long_context and not sparse and self._stats is not None:
+            prompt = prefill_at_slot(slot) if q_len > 1 else None
+            asked_dense = prompt is not None and prompt.dense
+            sparse = long_context and q_len >= self._config.min_segment and not asked_dense
+            if long_context and not sparse and not asked_dense and self._stats is not None:
                 self._stats.add_fallback("short_segment")
             if q_len > 1 and not sparse:
                 dense_prefill += q_len
             if sparse or (window and q_len > 1 and seq_len >= window):
-                slot = int(slots[qsl[i]]) if window and slots is not None else -1
                 kernel = None if window else SegmentKernel(self.isa, self.dtype, self.head_dim, q_len, seq_len,
                                                            cm.block_table_tensor[i])
+                tail = segment_tail(seq_len, prompt.prompt_tokens if prompt else None, self._config.dense_tail)
                 segments.append(Segment(qsl[i], qsl[i + 1], seq_len, cm.block_table_tensor[i], dense=not sparse,
-                                        slot=slot, kernel=kernel))
+                                        slot=slot, kernel=kernel, tail=tail))
             else:
                 dense_reqs.append(i)
         if self._stats is not None:
@@ -306,7 +313,7 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                                                                  scale=self.scale)
         try:
             _, pairs = segment_attention(q, kv, list(groups), scale=self.scale, backend=executor,
-                                         dense_tail=config.dense_tail, exact=exact, paged=paged,
+                                         dense_tail=seg.tail, exact=exact, paged=paged,
                                          out=output.transpose(0, 1))
         except Exception:  # noqa: BLE001 - any failure of the sparse path runs dense, counted
             logger.exception("sparse prefill failed on layer %d (%d tokens); running dense", layer_idx, seg.seq_len)

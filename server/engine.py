@@ -20,7 +20,7 @@ from vllm.inputs import TokensPrompt
 from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from kvcache.vllm_connector import kv_transfer_config
+from kvcache.vllm_connector import DENSE_PREFILL_ARG, kv_transfer_config, wants_dense_prefill
 from server.cpu_host import apply_cpu_binding, cpu_flags, resolve_dtype
 from server.settings import ServerSettings
 
@@ -44,7 +44,7 @@ def engine_args(settings: ServerSettings, model_dir: Path,
         extra["max_num_batched_tokens"] = settings.max_num_batched_tokens
     if settings.block_size is not None:
         extra["block_size"] = settings.block_size
-    if settings.sparse and settings.kv_policies:
+    if settings.sparse:  # names requests, prompts and dense asks to the sparse backend (kvcache.vllm_connector)
         extra["kv_transfer_config"] = kv_transfer_config()
     if settings.distributed_executor_backend is not None:
         extra["distributed_executor_backend"] = settings.distributed_executor_backend
@@ -76,6 +76,7 @@ class Engine:
     model_dir: Path
     max_model_len: int
     started_at: int
+    sparse: bool = False  # sparse prefill armed (requests may ask for dense prefill)
 
     @classmethod
     def start(cls, settings: ServerSettings, model_dir: Path,
@@ -89,7 +90,7 @@ class Engine:
         logger.info("engine ready in %.1f s: %s (max_model_len %d, dtype %s)",
                     time.perf_counter() - t0, model_dir, max_len, llm.vllm_config.model_config.dtype)
         return cls(llm=llm, model_id=served_name(settings, model_dir), model_dir=model_dir,
-                   max_model_len=max_len, started_at=int(time.time()))
+                   max_model_len=max_len, started_at=int(time.time()), sparse=settings.sparse)
 
     @property
     def tokenizer(self) -> Any:
@@ -113,9 +114,14 @@ class Engine:
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        request_id: str) -> AsyncIterator[RequestOutput]:
-        """Stream outputs; cancelling the iteration aborts the request in the engine (KV freed)."""
-        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params,
-                                           request_id):
+        """Stream outputs; cancelling the iteration aborts the request in the engine (KV freed).
+
+        On a sparse engine, a request that asks for dense prefill gets its own prefix-cache salt: it
+        never reuses KV that a sparse prefill computed, nor lends its own to one."""
+        prompt = TokensPrompt(prompt_token_ids=prompt_ids)
+        if self.sparse and wants_dense_prefill(params):
+            prompt["cache_salt"] = DENSE_PREFILL_ARG
+        async for out in self.llm.generate(prompt, params, request_id):
             yield out
 
     async def abort(self, request_id: str) -> None:

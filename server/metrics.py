@@ -136,7 +136,8 @@ class _SparseCollector(Collector):
                                      "attention patterns.", labels=labels)
         sparse.add_metric([self.model], self.stats.sparse_tokens)
         dense = CounterMetricFamily(f"{P}dense_prefill_tokens", "Prefill tokens run dense (context "
-                                    "below the sparse threshold, or a fallback).", labels=labels)
+                                    "below the sparse threshold, a request's `sparse: false`, or a fallback).",
+                                    labels=labels)
         dense.add_metric([self.model], self.stats.dense_tokens)
         fallbacks = CounterMetricFamily(f"{P}sparse_fallbacks", "Sparse-eligible prefill segments "
                                         "that ran dense, by reason.", labels=labels + ["reason"])

@@ -6,6 +6,7 @@ from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
 from vllm.sampling_params import RequestOutputKind
 
+from kvcache.vllm_connector import DENSE_PREFILL_ARG
 from server.errors import APIError
 from server.schemas import SamplingFields
 
@@ -67,4 +68,5 @@ def _build(req: SamplingFields, max_tokens: int, logprobs: int | None,
         frequency_penalty=req.frequency_penalty or 0.0,
         logprobs=logprobs,
         output_kind=kind,
+        extra_args=None if req.sparse else {DENSE_PREFILL_ARG: True},
     )

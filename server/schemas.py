@@ -38,6 +38,9 @@ class SamplingFields(_Request):
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     ignore_eos: bool = Field(False, description="vLLM extension: keep generating past the end-of-sequence "
                              "token until max_tokens (fixed-length runs, benchmarks).")
+    sparse: bool = Field(True, description="sparse-serve extension: false runs this request's prefill "
+                         "with exact (dense) attention on a sparse server; its KV is cached apart from sparse "
+                         "prefills'. No effect on a --no-sparse server.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, description="End-user id; recorded in nothing, accepted for "

@@ -7,6 +7,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # must precede the kernel module's @triton
 
 import pytest
 import torch
+import triton.language as tl
 
 import attention_backends.triton_kernels as triton_kernels
 from attention_backends.interface import estimate_index
@@ -16,6 +17,11 @@ from sparse_cases import SPARSE_CASES, random_qkv
 
 if type(triton_kernels._sparse_prefill_kernel).__name__ != "InterpretedFunction":
     triton_kernels = importlib.reload(triton_kernels)  # imported earlier without the interpreter
+# triton.language's own @jit helpers (tl.zeros) are bound when triton is first imported: a test module
+# collected earlier that imports vLLM at module level imports triton without the interpreter
+if type(tl.zeros).__name__ != "InterpretedFunction":
+    raise RuntimeError("triton.language was imported before TRITON_INTERPRET=1 was set: a test module collected "
+                       "before this one imports vLLM (or triton) at module level; import it inside its tests")
 
 
 @pytest.mark.parametrize("params", SPARSE_CASES, ids=lambda p: p.pattern.value)

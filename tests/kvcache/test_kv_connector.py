@@ -1,4 +1,5 @@
-"""The KV connector names each step's requests by the first slot they write and frees finished stores."""
+"""The KV connector names each step's requests by the first slot they write, gives the prompts still in
+prefill (length, dense ask) and frees finished stores."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import torch
 
 from kvcache import vllm_connector as vc
 from kvcache.params import FullKvParams
-from kvcache.vllm_connector import SparseServeKvConnector, StepRequests, request_at_slot
+from kvcache.vllm_connector import (
+    DENSE_PREFILL_ARG,
+    PrefillRequest,
+    SparseServeKvConnector,
+    StepRequests,
+    prefill_at_slot,
+    request_at_slot,
+)
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
 
 BLOCK = 16
@@ -16,8 +24,10 @@ CONFIG = SimpleNamespace(kv_transfer_config=SimpleNamespace(**vc.kv_transfer_con
                          cache_config=SimpleNamespace(block_size=BLOCK))
 
 
-def _new(req_id: str, blocks: list[int], computed: int) -> SimpleNamespace:
-    return SimpleNamespace(req_id=req_id, block_ids=(blocks,), num_computed_tokens=computed)
+def _new(req_id: str, blocks: list[int], computed: int, prompt: int = 40, dense: bool = False) -> SimpleNamespace:
+    params = SimpleNamespace(extra_args={DENSE_PREFILL_ARG: True} if dense else None)
+    return SimpleNamespace(req_id=req_id, block_ids=(blocks,), num_computed_tokens=computed,
+                           prompt_token_ids=list(range(prompt)), sampling_params=params)
 
 
 def _step(new=(), cached=(), finished=(), preempted=None) -> SimpleNamespace:
@@ -72,7 +82,8 @@ def test_worker_side_binds_slots_and_frees_stores() -> None:
 def test_slots_are_named_in_every_kv_cache_group() -> None:
     """With windowed layers vLLM's hybrid manager gives a request one block table per group."""
     sched = SparseServeKvConnector(CONFIG, KVConnectorRole.SCHEDULER)
-    new = SimpleNamespace(req_id="a", block_ids=([7, 3], [8, 2]), num_computed_tokens=20)
+    new = _new("a", [], 20)
+    new.block_ids = ([7, 3], [8, 2])
     meta = sched.build_connector_meta(_step(new=[new]))
     assert meta.slots == {3 * BLOCK + 4: "a", 2 * BLOCK + 4: "a"}
     # decode at position 32: both groups get a new block (the windowed group's old blocks may be freed)
@@ -81,3 +92,39 @@ def test_slots_are_named_in_every_kv_cache_group() -> None:
     assert sched.build_connector_meta(step).slots == {9 * BLOCK: "a", 4 * BLOCK: "a"}
     assert sched.request_finished_all_groups(SimpleNamespace(request_id="a"), ([7, 3, 9], [0, 2, 4])) == (False, None)
     assert "a" not in sched._blocks
+
+
+def test_prompts_are_given_while_in_prefill_with_the_dense_ask() -> None:
+    sched = SparseServeKvConnector(CONFIG, KVConnectorRole.SCHEDULER)
+    # a: 40-token prompt, first chunk of 16; b: 20-token prompt asking for dense prefill, whole
+    meta = sched.build_connector_meta(_step(new=[_new("a", [7, 3, 9], 0), _new("b", [5, 6], 0, 20, dense=True)]))
+    assert meta.prompts == {"a": PrefillRequest(40), "b": PrefillRequest(20, dense=True)}
+    # a's last chunk still names its prompt; b decodes (position 20): no longer in prefill
+    meta = sched.build_connector_meta(_step(cached=[("a", None, 16, False), ("b", None, 20, False)]))
+    assert meta.prompts == {"a": PrefillRequest(40)}
+    # a decodes; b was preempted and resumes: its recomputed prefill names the prompt again
+    meta = sched.build_connector_meta(_step(cached=[("a", None, 40, False), ("b", [1, 2], 0, True)]))
+    assert meta.prompts == {"b": PrefillRequest(20, dense=True)}
+    sched.build_connector_meta(_step(finished=["a"]))
+    sched.request_finished(SimpleNamespace(request_id="b"), [])
+    assert sched._prompts == {} and sched._blocks == {}
+
+
+def test_worker_publishes_the_step_before_attention_metadata_is_built() -> None:
+    """vLLM calls handle_preemptions before it builds the step's attention metadata, bind after."""
+    worker = SparseServeKvConnector(CONFIG, KVConnectorRole.WORKER)
+    k = torch.randn(2, 5, 8)
+    vc.STORES.create("gone", (0, 0), FullKvParams(), 2, 8).prefill(k, k, k)
+    step = StepRequests(slots={42: "r1", 99: "r2"}, prompts={"r1": PrefillRequest(300, dense=True)},
+                        preempted={"gone"})
+    try:
+        worker.handle_preemptions(step)
+        assert prefill_at_slot(42) == PrefillRequest(300, dense=True)
+        assert prefill_at_slot(99) is None and prefill_at_slot(7) is None  # r2 decodes; 7 is no request's
+        assert "gone" not in vc.STORES
+        worker.bind_connector_metadata(step)  # the same step again: nothing changes
+        assert request_at_slot(99) == "r2" and prefill_at_slot(42).prompt_tokens == 300
+        worker.clear_connector_metadata()
+        assert prefill_at_slot(42) is None and request_at_slot(99) is None
+    finally:
+        vc.STORES.free_all()

@@ -6,6 +6,7 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from kvcache.vllm_connector import DENSE_PREFILL_ARG, wants_dense_prefill
 from server.errors import APIError, validation_error
 from server.sampling import resolve_max_tokens, sampling_params
 from server.schemas import ChatCompletionRequest, CompletionRequest, Usage
@@ -88,6 +89,16 @@ def test_sampling_params_mapping():
     assert not params.ignore_eos
     assert sampling_params(CompletionRequest(model="m", prompt="x", ignore_eos=True), 1, None).ignore_eos
     assert sampling_params(CompletionRequest(model="m", prompt="x"), 1, None).temperature == 1.0
+
+
+def test_sparse_false_asks_the_backend_for_dense_prefill():
+    plain = sampling_params(CompletionRequest(model="m", prompt="x"), 1, None)
+    dense = sampling_params(ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "x"}],
+                                                  sparse=False), 1, None)
+    assert not wants_dense_prefill(plain) and wants_dense_prefill(dense)
+    assert dense.extra_args == {DENSE_PREFILL_ARG: True}
+    with pytest.raises(ValidationError, match="sparse"):
+        CompletionRequest(model="m", prompt="x", sparse="maybe")
 
 
 def test_engine_side_validation_is_a_400():

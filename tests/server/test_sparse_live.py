@@ -7,6 +7,7 @@ A TP=3 server must serve exactly what one process serves with a profile whose he
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from attention_backends.head_plan import rank_query_heads
 from attention_backends.patterns import AShapeParams
-from live_client import FULL_CHUNK, FULL_THRESHOLD, complete, counter, document, metrics
+from live_client import FULL_CHUNK, FULL_THRESHOLD, client, complete, counter, document, metrics
 from profiles.schema import load_profile, save_profile
 from profiles.variants import full_budget
 from server.sparse_setup import DUO_PROFILES_DIR, SHIPPED_PROFILE
@@ -52,6 +53,33 @@ def test_needle_found_with_shipped_profile_as_with_dense(live_server, needle) ->
     assert counter(after, "sparse_prefill_tokens_total") - counter(before, "sparse_prefill_tokens_total") > 4000
     densities = [v for k, v in after.items() if "sparse_layer_density" in k]
     assert densities and min(densities) < 1.0  # some layers run sparse (the profile keeps others fully dense)
+
+
+def test_sparse_false_prefills_dense_apart_from_sparse_kv(live_server, dense_server) -> None:
+    """``extra_body={"sparse": false}``: that request's prefill runs on vLLM's kernel (plain vLLM's
+    logprobs), and its KV is cached apart: the sparse prefill of the same prompt just before lends it
+    nothing (with a shared prefix cache it would return the sparse logprobs)."""
+    ask = dict(prompt=document(260, "dense-ask"), max_tokens=4, temperature=0, logprobs=5)
+    ref = client(dense_server).completions.create(model=dense_server.model, **ask)
+    n = ref.usage.prompt_tokens
+    assert n > 4096  # over the default threshold
+    samples = [metrics(live_server)]
+    sparse = client(live_server).completions.create(model=live_server.model, **ask)
+    samples.append(metrics(live_server))
+    dense = client(live_server).completions.create(model=live_server.model, extra_body={"sparse": False}, **ask)
+    samples.append(metrics(live_server))
+    ran_sparse, ran_dense = ([counter(b, name) - counter(a, name) for a, b in zip(samples, samples[1:])]
+                             for name in ("sparse_prefill_tokens_total", "dense_prefill_tokens_total"))
+    assert ran_sparse[0] > 0 and ran_sparse[0] + ran_dense[0] == n  # chunks below the threshold run dense
+    assert ran_sparse[1] == 0 and ran_dense[1] == n
+
+    def gap(out) -> float:
+        """Largest logprob difference from plain vLLM's over the first token's top 5 (inf: other top 5)."""
+        want, got = ref.choices[0].logprobs.top_logprobs[0], out.choices[0].logprobs.top_logprobs[0]
+        return max(abs(got[t] - want[t]) for t in want) if set(got) == set(want) else math.inf
+
+    assert dense.choices[0].text == ref.choices[0].text
+    assert gap(dense) < 1e-5 and gap(sparse) > 1e-3, (gap(dense), gap(sparse))  # measured: 0.0 and 0.04
 
 
 def test_needle_found_with_retrieval_head_profile_as_with_dense(launch_server, needle) -> None:

@@ -105,10 +105,11 @@ def test_kv_policies_are_exported_with_their_head_counts_and_need_sparse(model_d
         assert plain.kv_counts is None and not PluginConfig.from_env().kv_policies
     finally:
         plain.close()
-    # the engine loads the KV connector (request naming and store lifecycle) only with --kv-policies
+    # the engine loads the KV connector (request naming, prompts, store lifecycle) whenever prefill is sparse
     args = engine_args(ServerSettings(model=model_dir, kv_policies=True), model_dir)
     assert args.kv_transfer_config == kv_transfer_config()
-    assert engine_args(ServerSettings(model=model_dir), model_dir).kv_transfer_config is None
+    assert engine_args(ServerSettings(model=model_dir), model_dir).kv_transfer_config == kv_transfer_config()
+    assert engine_args(ServerSettings(model=model_dir, sparse=False), model_dir).kv_transfer_config is None
 
 
 def test_window_layers_give_fully_compressed_layers_a_sliding_window_and_turn_prefix_caching_off(
