@@ -31,6 +31,12 @@ def add_target_arguments(parser: argparse.ArgumentParser, default_endpoint: str 
         "--compare", nargs=2, metavar=("[LABEL=]URL_A", "[LABEL=]URL_B"),
         help="run the same requests against two servers, interleaved, and report B/A",
     )
+    group.add_argument(
+        "--dense-prefill", action="append", default=[], metavar="LABEL",
+        help="the server of this label gets `sparse: false` in every request (sparse-serve: dense prefill); "
+        "e.g. --compare dense=URL sparse=URL --dense-prefill dense compares both on one server (its /metrics "
+        "deltas then cover both)",
+    )
     group.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY)")
     group.add_argument("--model", default=None, help="model id (default: first id of /v1/models)")
     group.add_argument("--endpoint", choices=("completions", "chat"), default=default_endpoint)
@@ -63,9 +69,14 @@ def targets_from_args(args: argparse.Namespace) -> list[Target]:
     targets = []
     for spec, default_label in zip(specs, defaults):
         label, url = parse_labeled_url(spec, default_label)
-        targets.append(Target(label=label, base_url=url, api_key=api_key, model=args.model))
+        targets.append(Target(label=label, base_url=url, api_key=api_key, model=args.model,
+                              dense_prefill=label in args.dense_prefill))
     if len({t.label for t in targets}) != len(targets):
         raise ValueError("the two servers need different labels")
+    unknown = sorted(set(args.dense_prefill) - {t.label for t in targets})
+    if unknown:
+        raise ValueError(f"--dense-prefill names no server label: {', '.join(unknown)} "
+                         f"(labels: {', '.join(t.label for t in targets)})")
     if args.request_timeout <= 0:
         raise ValueError("--request-timeout must be > 0")
     return targets

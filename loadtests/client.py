@@ -61,8 +61,8 @@ class StreamOptions(BaseModel):
     timeout_s: float = Field(default=600.0, gt=0)
 
 
-def request_body(model: str, spec: RequestSpec, options: StreamOptions) -> dict[str, Any]:
-    """The JSON body for `spec` on the configured endpoint."""
+def request_body(model: str, spec: RequestSpec, options: StreamOptions, dense_prefill: bool = False) -> dict[str, Any]:
+    """The JSON body for `spec` on the configured endpoint (`dense_prefill`: sparse-serve's `sparse: false`)."""
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": spec.max_tokens,
@@ -76,6 +76,8 @@ def request_body(model: str, spec: RequestSpec, options: StreamOptions) -> dict[
         body["prompt"] = spec.prompt
     if options.ignore_eos:
         body["ignore_eos"] = True  # vLLM extension: always generate max_tokens
+    if dense_prefill:
+        body["sparse"] = False  # sparse-serve extension: this request's prefill runs dense
     return body
 
 
@@ -164,7 +166,7 @@ async def _consume(
     timing: _Timing,
 ) -> None:
     assert target.model is not None
-    body = request_body(target.model, spec, options)
+    body = request_body(target.model, spec, options, target.dense_prefill)
     url = target.url(ENDPOINT_PATHS[options.endpoint])
     max_events = 8 * spec.max_tokens + 64  # bound the loop even for chatty servers
     async with client.stream("POST", url, json=body, headers=target.headers()) as response:

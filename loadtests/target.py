@@ -25,6 +25,7 @@ class Target(BaseModel):
     base_url: str  # scheme://host:port, without the trailing /v1
     api_key: str | None = None
     model: str | None = None
+    dense_prefill: bool = False  # send `sparse: false`: dense prefill on a sparse-serve server
 
     def headers(self) -> dict[str, str]:
         """HTTP headers for every request (bearer auth when a key is set)."""

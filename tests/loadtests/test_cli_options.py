@@ -33,12 +33,19 @@ def test_two_base_urls_or_compare(monkeypatch: pytest.MonkeyPatch) -> None:
     assert compared[0].headers() == {"Authorization": "Bearer sk-x"}
 
 
+def test_dense_prefill_marks_one_label_of_one_server() -> None:
+    a, b = targets_from_args(parse(["--compare", "dense=http://127.0.0.1:1", "sparse=http://127.0.0.1:1",
+                                    "--dense-prefill", "dense"]))
+    assert (a.dense_prefill, b.dense_prefill) == (True, False) and a.base_url == b.base_url
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [(["--base-url", "http://127.0.0.1:1"] * 3, "at most two"),
      (["--base-url", "x=http://127.0.0.1:1", "--base-url", "x=http://127.0.0.1:2"], "different labels"),
      (["--request-timeout", "0"], "request-timeout"),
-     (["--base-url", "http://172.17.0.2:8000"], "loopback")],
+     (["--base-url", "http://172.17.0.2:8000"], "loopback"),
+     (["--compare", "a=http://127.0.0.1:1", "b=http://127.0.0.1:2", "--dense-prefill", "A"], "names no server label: A")],
 )
 def test_bad_server_options(argv: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):

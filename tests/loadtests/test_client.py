@@ -14,9 +14,10 @@ from loadtests.target import Target
 SPEC = RequestSpec(index=0, prompt="one two three four", input_tokens=4, max_tokens=5, bucket="4")
 
 
-def send(url: str, endpoint: str = "completions", api_key: str | None = None, timeout_s: float = 10.0):
+def send(url: str, endpoint: str = "completions", api_key: str | None = None, timeout_s: float = 10.0,
+         dense_prefill: bool = False):
     async def go():
-        target = Target(label="t", base_url=url, model="fault-model", api_key=api_key)
+        target = Target(label="t", base_url=url, model="fault-model", api_key=api_key, dense_prefill=dense_prefill)
         async with httpx.AsyncClient(trust_env=False) as client:
             return await stream_request(client, target, SPEC, StreamOptions(endpoint=endpoint, timeout_s=timeout_s), time.perf_counter())
     return asyncio.run(go())
@@ -34,6 +35,8 @@ def test_successful_stream(fault_server, endpoint: str) -> None:
     body = server.bodies[0]
     assert body["stream"] and body["stream_options"] == {"include_usage": True}
     assert ("messages" in body) == (endpoint == "chat")
+    assert "sparse" not in body
+    assert send(url, endpoint, dense_prefill=True).success and server.bodies[1]["sparse"] is False
 
 
 def test_slow_first_token(fault_server) -> None:
@@ -70,3 +73,5 @@ def test_request_body_options() -> None:
     body = request_body("m", SPEC, StreamOptions(endpoint="chat", ignore_eos=True, temperature=0.5))
     assert body["messages"] == [{"role": "user", "content": SPEC.prompt}]
     assert body["ignore_eos"] is True and body["temperature"] == 0.5 and body["max_tokens"] == 5
+    assert "sparse" not in body
+    assert request_body("m", SPEC, StreamOptions(), dense_prefill=True)["sparse"] is False
