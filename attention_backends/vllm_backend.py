@@ -57,6 +57,7 @@ from vllm.v1.kv_cache_interface import AttentionSpec
 
 from kvcache.decode_step import RopeSpec, advance, attend_all, pre_rope_rows
 from kvcache.head_policy import KvGroup, KvPlan
+from kvcache.params import low_rank_keys
 from kvcache.rope import model_rope
 from kvcache.store import SequenceKvStore
 from kvcache.vllm_connector import STEP_END_HOOKS, STORES, prefill_at_slot, request_at_slot
@@ -348,8 +349,10 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
             if window:
                 self._pool_window_row(layer, row, query, kv_cache, window, output)
 
-        k_pre = pre_rope_rows(key[[row.row for row in plan.kv_rows]], [row.seq_len - 1 for row in plan.kv_rows],
-                              plan.rope)  # every row's new pre-RoPE key in one call
+        k_pre = None  # every row's new pre-RoPE key in one call, where a group keeps low-rank keys
+        if any(low_rank_keys(g.params) for g in groups):
+            k_pre = pre_rope_rows(key[[row.row for row in plan.kv_rows]], [row.seq_len - 1 for row in plan.kv_rows],
+                                  plan.rope)
         for i, row in enumerate(plan.kv_rows):
             request = request_at_slot(row.slot)
             if request is None:
@@ -369,7 +372,8 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                 return gather_sequence_kv(kv_cache, row.block_ids, row.seq_len, layer.isa)
             try:
                 steps += [(row, request, group, advance(STORES, request, (layer_idx, g), group, key[row.row],
-                                                        value[row.row], row.seq_len - 1, context, plan.rope, k_pre[i]))
+                                                        value[row.row], row.seq_len - 1, context, plan.rope,
+                                                        None if k_pre is None else k_pre[i]))
                           for g, group in enumerate(groups)]
             except Exception as exc:  # noqa: BLE001 - the row keeps vLLM's output (the pool window), counted
                 fail(row, request, exc)
@@ -377,6 +381,7 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                 STORES.drop_history(request, layer_idx)  # the stores hold the sequence now
         results = attend_all([(store, query[row.row, group.q_index]) for row, _, group, store in steps],
                              self.scale, threads=torch.get_num_threads())
+        done = native = positions = read = hits = misses = 0  # the layer's counts, added once
         for (row, request, group, _), result in zip(steps, results):
             if row.row in failed:
                 continue
@@ -384,11 +389,12 @@ class SparseCPUAttentionImpl(CPUAttentionBackendImpl):
                 fail(row, request, result)
                 continue
             out, st = result
-            output[row.row, group.q_index] = out.to(output.dtype)
-            if stats is not None:
-                stats.add_kv(decode_steps=1, native_steps=int(st.native), positions_read=sum(st.positions),
-                             offload_read_bytes=st.offload_bytes_read,
-                             cache_hits=st.cache_hits, cache_misses=st.cache_misses)
+            output[row.row, group.q_index] = out  # cast to the output's dtype by the copy
+            done, native, positions = done + 1, native + st.native, positions + sum(st.positions)
+            read, hits, misses = read + st.offload_bytes_read, hits + st.cache_hits, misses + st.cache_misses
+        if stats is not None and done:
+            stats.add_kv(decode_steps=done, native_steps=native, positions_read=positions, offload_read_bytes=read,
+                         cache_hits=hits, cache_misses=misses)
 
     def _pool_window_row(self, layer, row: KvRow, query, kv_cache, window: int, output) -> None:
         """A windowed layer's decode row over the keys still in the pool (what vLLM's kernel would give)."""

@@ -14,6 +14,7 @@ first for one sequence; GQA query head ``h`` reads KV head ``h // (Hq // Hkv)``.
 """
 
 from .decode_attention import dense_decode_attention, selected_decode_attention, sparse_decode_attention
+from .decode_stats import DecodeStats
 from .landmarks import chunk_landmarks, outlier_chunks
 from .lowrank import LowRankKeys, fit_lowrank, rebuild, rebuild_rotated, reconstruction_error
 from .nosa import nosa_select_positions
@@ -22,7 +23,7 @@ from .registry import StoreRegistry
 from .resident import ResidentChunks
 from .rope import apply_rope, rope_inv_freq
 from .selection import Selection, select_positions
-from .store import DecodeStats, SequenceKvStore
+from .store import SequenceKvStore
 from .streaming import streaming_positions
 
 __all__ = [

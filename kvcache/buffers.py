@@ -77,7 +77,7 @@ class TokenBuffer:
                 new[:, : self._len] = self.view()
                 self._data = new
             self._start = 0
-        self._data[:, self._start + self._len : self._start + self._len + t] = x.to(self.device, self.dtype)
+        self._data[:, self._start + self._len : self._start + self._len + t] = x  # the copy casts and moves
         self._len += t
 
     def drop_front(self, count: int) -> None:
@@ -146,9 +146,13 @@ class LandmarkBuffer:
             new = self._alloc(-(-_grown(need) // LANDMARK_BLOCK))
             new[:, : self._data.shape[1]] = self._data
             self._data = new
-        pos = torch.arange(self._len, need, device=self.device)
-        pairs = x.to(self.device, self.dtype).transpose(0, 1).reshape(t, self.heads, self.width // 2, 2)
-        self._data[:, pos // LANDMARK_BLOCK, :, pos % LANDMARK_BLOCK] = pairs  # advanced dims lead: [T, H, D/2, 2]
+        pairs = x.to(self.device, self.dtype).reshape(self.heads, t, self.width // 2, 2)
+        if t <= 2:  # a decode step's chunk: basic indexing, no index tensors
+            for i, c in enumerate(range(self._len, need)):
+                self._data[:, c // LANDMARK_BLOCK, :, c % LANDMARK_BLOCK] = pairs[:, i]
+        else:
+            pos = torch.arange(self._len, need, device=self.device)
+            self._data[:, pos // LANDMARK_BLOCK, :, pos % LANDMARK_BLOCK] = pairs.transpose(0, 1)  # advanced dims lead
         self._len = need
 
     def nbytes(self) -> int:

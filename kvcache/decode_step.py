@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .decode_stats import DecodeStats
 from .head_policy import KvGroup
 from .registry import StoreRegistry
 from .rope import RopeTable, inverse_rope_table, remove_rope
 from .native_step import attend_native_many
 from .params import low_rank_keys
-from .store import DecodeStats, SequenceKvStore
+from .store import SequenceKvStore
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def advance(
     ``k_new, v_new [Hkv, D]``: the token's post-RoPE key and value for the layer's (local) KV
     heads; ``read_context()`` returns ``k, v [Hkv, position + 1, D]``, the whole context including
     this token (called only when the store is (re)built). ``k_pre_new [Hkv, D]``: the token's
-    pre-RoPE key where the caller has it already (:func:`pre_rope_rows`).
+    pre-RoPE key where the caller has it already (:func:`pre_rope_rows`; needed only by :func:`low_rank_keys` groups).
     """
     kv = group.kv_index
     store = stores.find(request_id, key)
@@ -80,10 +81,12 @@ def advance(
         store.prefill(k_pre, k_all, v_all)
     else:
         k_post = k_new[kv].unsqueeze(1)
-        if k_pre_new is None:
+        if k_pre_new is not None:
+            k_pre = k_pre_new[kv].unsqueeze(1)
+        elif store.low_rank:
             k_pre = rope.unrotate(k_post, torch.tensor([position], device=k_post.device))
         else:
-            k_pre = k_pre_new[kv].unsqueeze(1)
+            k_pre = k_post  # unread
         store.append(k_pre, k_post, v_new[kv].unsqueeze(1))
     return store
 

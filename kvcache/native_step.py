@@ -18,10 +18,11 @@ import torch
 
 from .native import load_kernel
 from .buffers import LandmarkBuffer, TokenBuffer
+from .decode_stats import DecodeStats
 from .params import NosaKvParams
 
 if TYPE_CHECKING:
-    from .store import DecodeStats, SequenceKvStore
+    from .store import SequenceKvStore
 
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _ptr = ctypes.c_void_p
@@ -72,44 +73,65 @@ class _Call:
 
     store: SequenceKvStore
     args: _StepArgs
-    q_dtype: torch.dtype
-    out: torch.Tensor
     mask: torch.Tensor
-    positions: torch.Tensor
     keep: list[torch.Tensor]
 
 
-def _prepare(store: SequenceKvStore, q: torch.Tensor, scale: float) -> _Call | None:
-    """The kernel's arguments for ``store.attend(q)``, or ``None`` where the kernel does not apply."""
-    if not applies(store):
-        return None
+@dataclass
+class _Batch:
+    """Float32 queries, outputs and positions read of several steps, one buffer each: step ``i`` owns the rows
+    ``[head[i], head[i + 1])`` of ``q``/``out`` (query heads) and ``[kv[i], kv[i + 1])`` of ``positions``."""
+
+    q: torch.Tensor
+    out: torch.Tensor
+    positions: torch.Tensor
+    head: list[int]
+    kv: list[int]
+
+    @classmethod
+    def of(cls, steps: list[tuple[SequenceKvStore, torch.Tensor]]) -> _Batch:
+        head, kv = [0], [0]
+        for store, q in steps:
+            head.append(head[-1] + q.shape[0])
+            kv.append(kv[-1] + store.hkv)
+        q = torch.cat([q for _, q in steps]) if len(steps) > 1 else steps[0][1]
+        q = q.detach().to("cpu", torch.float32).contiguous()
+        return cls(q, torch.empty_like(q), torch.empty(kv[-1], dtype=torch.int64), head, kv)
+
+    def address(self, t: torch.Tensor, row: int) -> int:
+        return t.data_ptr() + row * t.stride(0) * t.element_size()
+
+
+def _prepare(store: SequenceKvStore, batch: _Batch, i: int, scale: float) -> _Call | None:
+    """The kernel's arguments for step ``i`` of ``batch`` (``store.attend(q)``), or ``None`` where the kernel does not apply."""
     p, hkv, d, ws = store.params, store.hkv, store.d, store.window_start
     chunks = ws // p.chunk
     if len(store.landmarks) != chunks:
         return None
-    qf = q.detach().to("cpu", torch.float32).contiguous()
-    out = torch.empty_like(qf)
-    mask = torch.zeros(hkv, chunks, dtype=torch.bool)
-    positions = torch.zeros(hkv, dtype=torch.int64)
-    cos, sin = store.rope.halves(max(ws, 1))
-    a = _StepArgs(hkv=hkv, group=q.shape[0] // hkv, d=d, dtype=_DTYPES[store.dtype],
-                  chunk=p.chunk,
+    mask = torch.empty(hkv, chunks, dtype=torch.bool)  # the kernel writes every entry
+    group = (batch.head[i + 1] - batch.head[i]) // hkv
+    a = _StepArgs(hkv=hkv, group=group, d=d, dtype=_DTYPES[store.dtype], chunk=p.chunk,
                   max_change=p.max_change if isinstance(p, NosaKvParams) else -1, budget=p.budget, n_sink=p.n_sink,
                   n_outlier_chunks=store.outliers.shape[1], seq_len=store.seq_len, window_start=ws,
                   n_win=len(store.win_k), n_sink_stored=len(store.sink_k), scale=scale,
-                  q=qf.data_ptr(), out=out.data_ptr(), landmarks=_rows(store.landmarks), outliers=_c(store.outliers).data_ptr(),
+                  q=batch.address(batch.q, batch.head[i]), out=batch.address(batch.out, batch.head[i]),
+                  landmarks=_rows(store.landmarks), outliers=_c(store.outliers).data_ptr(),
                   outlier_k=_c(store.outlier_k).data_ptr(), outlier_v=_c(store.outlier_v).data_ptr(),
-                  pending=_rows(store.pending_pre), n_pending=len(store.pending_pre),
-                  rope_cos=cos.data_ptr(), rope_sin=sin.data_ptr(),
                   sink_k=_rows(store.sink_k), sink_v=_rows(store.sink_v),
                   win_k=_rows(store.win_k), win_v=_rows(store.win_v),
-                  offload_v=_rows(store.offload_v), chunk_mask=mask.data_ptr(), positions=positions.data_ptr())
-    call = _Call(store, a, q.dtype, out, mask, positions, [qf, cos, sin])
+                  offload_v=_rows(store.offload_v), chunk_mask=mask.data_ptr(),
+                  positions=batch.address(batch.positions, batch.kv[i]))
+    call = _Call(store, a, mask, [])
     if store.offload_k is not None:
         a.offload_k = _rows(store.offload_k)
-    if store.factors is not None:
-        a.factor_a, a.factor_b = _c(store.factors.a).data_ptr(), _c(store.factors.b).data_ptr()
-        a.rank, a.n_fit = store.factors.rank, store.n_fit
+    if store.low_rank:  # keys rebuilt (from the factors or the pending rows) and rotated by the kernel
+        cos, sin = store.rope.halves(max(ws, 1))
+        call.keep += [cos, sin]
+        a.rope_cos, a.rope_sin = cos.data_ptr(), sin.data_ptr()
+        a.pending, a.n_pending = _rows(store.pending_pre), len(store.pending_pre)
+        if store.factors is not None:
+            a.factor_a, a.factor_b = _c(store.factors.a).data_ptr(), _c(store.factors.b).data_ptr()
+            a.rank, a.n_fit = store.factors.rank, store.n_fit
     cache = store.cache
     if cache is not None:
         store.allocate_resident()
@@ -127,10 +149,8 @@ def _prepare(store: SequenceKvStore, q: torch.Tensor, scale: float) -> _Call | N
     return call
 
 
-def _finish(call: _Call, rc: int) -> tuple[torch.Tensor, DecodeStats]:
+def _finish(call: _Call, rc: int, out: torch.Tensor, positions: list[int]) -> tuple[torch.Tensor, DecodeStats]:
     """Apply a finished step to its store (NOSA chunk set, LRU counters); its output and stats. Raises on ``rc``."""
-    from .store import DecodeStats
-
     store, a = call.store, call.args
     if rc == -1:
         raise ValueError(f"budget {store.params.budget} is smaller than the always-kept positions")
@@ -141,16 +161,15 @@ def _finish(call: _Call, rc: int) -> tuple[torch.Tensor, DecodeStats]:
         store.cache.record(a.hits, a.misses)
         store.previous_chunks = call.mask
         filled = a.filled * store.cache.bytes_per_chunk
-    stats = DecodeStats(call.positions.tolist(), a.offload_bytes + filled, a.hits, a.misses, native=True)
-    return call.out.to(call.q_dtype), stats
+    return out, DecodeStats(positions, a.offload_bytes + filled, a.hits, a.misses, native=True)
 
 
 def attend_native(store: SequenceKvStore, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, DecodeStats] | None:
     """:meth:`SequenceKvStore.attend` of ``q [Hq, D]`` through the kernel, or ``None`` where it does not apply."""
-    call = _prepare(store, q, scale)
-    if call is None:
-        return None
-    return _finish(call, load_kernel().compressed_attend(ctypes.byref(call.args)))
+    result = attend_native_many([(store, q)], scale, threads=1)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def attend_native_many(steps: list[tuple[SequenceKvStore, torch.Tensor]], scale: float, threads: int,
@@ -159,29 +178,36 @@ def attend_native_many(steps: list[tuple[SequenceKvStore, torch.Tensor]], scale:
 
     Per step: its result, the exception its step raised, or ``None`` where the kernel does not
     apply to that store (the caller runs it another way). The kernel spreads the steps' KV heads
-    over the threads; each step writes only its own store.
+    over the threads; each step writes only its own store. The steps' queries are converted to
+    float32 in one copy and their outputs share one buffer (an output is a view of it).
     """
     if len({id(store) for store, _ in steps}) != len(steps):
         raise ValueError("attend_native_many: a store appears twice (its steps must run in order)")
     results: list[tuple[torch.Tensor, DecodeStats] | Exception | None] = [None] * len(steps)
-    calls: list[tuple[int, _Call]] = []
-    for i, (store, q) in enumerate(steps):
+    fit = [i for i, (store, _) in enumerate(steps) if applies(store)]
+    if not fit:
+        return results
+    batch = _Batch.of([steps[i] for i in fit])
+    calls: list[tuple[int, int, _Call]] = []  # (step, its row in the batch, call)
+    for j, i in enumerate(fit):
         try:
-            call = _prepare(store, q, scale)
+            call = _prepare(steps[i][0], batch, j, scale)
         except Exception as exc:  # noqa: BLE001 - reported per step
             results[i] = exc
             continue
         if call is not None:
-            calls.append((i, call))
+            calls.append((i, j, call))
     if not calls:
         return results
-    args = (_StepArgs * len(calls))(*(call.args for _, call in calls))
+    args = (_StepArgs * len(calls))(*(call.args for _, _, call in calls))
     rc = (ctypes.c_int32 * len(calls))()
     load_kernel().compressed_attend_many(args, len(calls), max(1, threads), rc)
-    for j, (i, call) in enumerate(calls):
-        call.args = args[j]  # the kernel wrote the counters into the array's copy
+    positions = batch.positions.tolist()
+    for k, (i, j, call) in enumerate(calls):
+        call.args = args[k]  # the kernel wrote the counters into the array's copy
+        out = batch.out[batch.head[j]:batch.head[j + 1]].to(steps[i][1].dtype)  # a view where float32
         try:
-            results[i] = _finish(call, rc[j])
+            results[i] = _finish(call, rc[k], out, positions[batch.kv[j]:batch.kv[j + 1]])
         except Exception as exc:  # noqa: BLE001 - reported per step
             results[i] = exc
     return results

@@ -32,12 +32,12 @@ tokens and drops the rest. Byte accounting counts the capacity of every tensor h
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from .buffers import LandmarkBuffer, TokenBuffer, offload_device_pinned
 from .decode_attention import padded_positions, sparse_decode_attention
+from .decode_stats import DecodeStats
 from .landmarks import chunk_landmarks, chunk_positions, outlier_chunks
 from .lowrank import LowRankKeys, fit_lowrank, rebuild
 from .native_step import attend_native
@@ -54,17 +54,6 @@ LANDMARK_DTYPE = LandmarkBuffer.dtype
 over the chosen ones reads exact keys), and every decode step reads all of them: bfloat16 halves
 those reads and their pool bytes against float32 (32 -> 16 bytes per head-token at chunk 8 and
 head_dim 64); the rounding (8 significant bits) can only reorder chunks whose scores nearly tie."""
-
-
-@dataclass(frozen=True)
-class DecodeStats:
-    """What one :meth:`SequenceKvStore.attend` read: positions per KV head, bytes copied from the offload tier, cache use."""
-
-    positions: list[int]
-    offload_bytes_read: int
-    cache_hits: int = 0
-    cache_misses: int = 0
-    native: bool = False  # run by the C kernel (kvcache/native_step.py)
 
 
 def _nbytes(t: torch.Tensor | None) -> int:
