@@ -196,11 +196,12 @@ static int head_step(StepArgs *a, int h, int64_t C, Work *w) {
         if (room < 0) return -1;
         if (a->max_change < 0) take_within(a, h, C, sinks_in_mask, room, taken, w);
         else take_constrained(a, h, C, sinks_in_mask, room / ch, taken, w);
+        w->n_ids = nonzero_ids(taken, C, w->ids); /* the taken chunks, ascending */
         memset(w->fresh, 0, (size_t)C);
-        if (a->resident_v) resident_step(a, h, C, taken, w);
+        if (a->resident_v) resident_step(a, h, w);
     }
     int64_t n_taken = 0; /* positions of the taken chunks (bounds the rebuilt rows) */
-    for (int64_t c = 0; c < C; c++) if (taken[c]) n_taken += ch - sink_overlap(c, ch, sinks);
+    for (int64_t i = 0; i < w->n_ids; i++) n_taken += ch - sink_overlap(w->ids[i], ch, sinks);
     if (gather_space(a, C, sinks + (int64_t)a->n_outlier_chunks * ch + n_taken + a->n_win, n_taken, w)) return -2;
     /* factor_b's columns of this head as float32 [rank, d] */
     for (int r = 0; r < a->rank; r++)
@@ -220,9 +221,9 @@ static int head_step(StepArgs *a, int h, int64_t C, Work *w) {
         if (t1 > t0) sp[ns++] = (Span){AT(a->outlier_k, off), AT(a->outlier_v, off), t1 - t0};
     }
     int64_t n_sel = 0, slot_elems = (int64_t)ch * d;
-    for (int64_t c = 0; c < C; c++) {
-        int64_t slot = a->resident_v ? a->slot_of[(int64_t)h * a->slot_cols + c] : -1;
-        if (!taken[c] || (a->resident_k && slot >= 0 && !w->fresh[c])) continue;
+    for (int64_t i = 0; i < w->n_ids; i++) {
+        int64_t c = w->ids[i], slot = a->resident_v ? a->slot_of[(int64_t)h * a->slot_cols + c] : -1;
+        if (a->resident_k && slot >= 0 && !w->fresh[c]) continue;
         for (int t = 0; t < ch; t++)
             if (c * ch + t >= sinks) w->pos[n_sel++] = c * ch + t;
     }
@@ -266,7 +267,7 @@ typedef struct {
     size_t bytes;
 } Scratch;
 
-enum { S_RANK, S_LOGITS, S_CAND, S_IN_PREV, S_TOP, S_FRESH, S_OUTLIER, S_B, S_KEYS, S_SPANS,
+enum { S_RANK, S_LOGITS, S_CAND, S_IDS, S_FRESH, S_OUTLIER, S_B, S_KEYS, S_SPANS,
        S_REBUILT, S_COEF, S_POS, S_COUNT };
 
 /* Per thread, kept across calls (the OpenMP threads persist): a step allocates nothing once the
@@ -291,12 +292,11 @@ static int selection_space(const StepArgs *a, int64_t C, Work *w) {
     w->rank_score = (float *)reserve(S_RANK, sizeof(float) * c1);
     w->logits = (float *)reserve(S_LOGITS, sizeof(float) * (size_t)a->group * c1);
     w->cand = (Scored *)reserve(S_CAND, sizeof(Scored) * c1);
-    w->in_prev = (uint8_t *)reserve(S_IN_PREV, c1);
-    w->top = (uint8_t *)reserve(S_TOP, c1);
+    w->ids = (int32_t *)reserve(S_IDS, sizeof(int32_t) * c1);
     w->fresh = (uint8_t *)reserve(S_FRESH, c1);
     w->outlier = (uint8_t *)reserve(S_OUTLIER, c1);
     w->b = (float *)reserve(S_B, sizeof(float) * (size_t)(a->rank + 1) * d);
-    return (w->rank_score && w->logits && w->cand && w->in_prev && w->top && w->fresh && w->outlier
+    return (w->rank_score && w->logits && w->cand && w->ids && w->fresh && w->outlier
             && w->b) ? 0 : -2;
 }
 

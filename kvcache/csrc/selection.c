@@ -49,77 +49,88 @@ void take_within(const StepArgs *a, int h, int64_t C, int64_t sinks, int64_t roo
     }
 }
 
-/* The k best of the chunks flagged in allow (or all eligible when allow is NULL), marked in out. */
-static void best_of(const StepArgs *a, int h, int64_t C, int64_t sinks, const uint8_t *allow, int64_t k, uint8_t *out, Work *w) {
-    int n = 0;
-    if (k <= 0) return;
-    for (int64_t c = 0; c < C; c++) {
-        if (allow && !allow[c]) continue;
-        int sink_only = (c + 1) * a->chunk <= sinks;
-        if (sink_only || w->outlier[c]) continue;
-        w->cand[n++] = (Scored){w->rank_score[c], (int32_t)c};
-    }
-    if (k > n) k = n;
-    select_best(w->cand, n, (int)k);
-    for (int i = 0; i < k; i++) out[w->cand[i].i] = 1;
+/* Eligible for selection: not only sinks (kept anyway), not an outlier (kept exactly). */
+static inline int eligible(const StepArgs *a, int64_t c, int64_t sinks, const Work *w) {
+    return (c + 1) * a->chunk > sinks && !w->outlier[c];
 }
 
-/* best_of over every eligible chunk (allow NULL), without building the candidates: the bucket
- * count of select_best run on the scores in place (the same set: exact top k by score desc, index
- * asc). Chunks below c0 hold only sinks; outliers are skipped. */
-static void best_of_all(const StepArgs *a, int h, int64_t C, int64_t sinks, int64_t k, uint8_t *out, Work *w) {
+/* Mark the k best (score desc, index asc) of the n candidates w->cand in out. */
+static void mark_best(int n, int64_t k, uint8_t *out, Work *w) {
+    if (k > n) k = n;
+    if (k <= 0) return;
+    select_best(w->cand, n, (int)k);
+    for (int64_t i = 0; i < k; i++) out[w->cand[i].i] = 1;
+}
+
+/* Ids of the k best eligible chunks (unordered) into ids; their count. A bucket count of the
+ * scores in place (the same set as select_best: exact top k by score desc, index asc) without
+ * building the candidates: chunks below c0 hold only sinks; outliers are skipped. */
+static int64_t best_ids_all(const StepArgs *a, int64_t C, int64_t sinks, int64_t k, int32_t *ids, Work *w) {
     const float *s = w->rank_score;
     const uint8_t *outlier = w->outlier;
-    int64_t c0 = sinks / a->chunk, n = 0;
+    int64_t c0 = sinks / a->chunk, n = 0, t = 0;
+    if (k <= 0) return 0;
     for (int64_t c = c0; c < C; c++) n += !outlier[c];
     float lo = min_of(s + c0, C - c0), hi = max_of(s + c0, C - c0); /* outliers included: a wider range is fine */
     Buckets bk;
-    if (k <= 0 || k >= n || !make_buckets(lo, hi, n, &bk)) {
-        best_of(a, h, C, sinks, NULL, k, out, w);
-        return;
+    if (k >= n || !make_buckets(lo, hi, n, &bk)) {
+        int m = 0;
+        for (int64_t c = c0; c < C; c++) if (eligible(a, c, sinks, w)) w->cand[m++] = (Scored){s[c], (int32_t)c};
+        if (k > m) k = m;
+        select_best(w->cand, m, (int)k);
+        for (int64_t i = 0; i < k; i++) ids[i] = w->cand[i].i;
+        return k;
     }
-    int count[SELECT_BUCKETS] = {0}, above;
+    int count[SELECT_BUCKETS] = {0}, above, m = 0;
     for (int64_t c = c0; c < C; c++) count[bucket_of(bk, s[c])] += !outlier[c];
     int b = boundary_bucket(count, (int)k, &above);
-    int t = 0; /* the better buckets marked whole; bucket b's chunks ordered exactly */
-    for (int64_t c = c0; c < C; c++) {
+    for (int64_t c = c0; c < C; c++) { /* the better buckets whole; bucket b's chunks ordered exactly */
         if (outlier[c]) continue;
         int bi = bucket_of(bk, s[c]);
-        if (bi > b) out[c] = 1;
-        else if (bi == b) w->cand[t++] = (Scored){s[c], (int32_t)c};
+        if (bi > b) ids[t++] = (int32_t)c;
+        else if (bi == b) w->cand[m++] = (Scored){s[c], (int32_t)c};
     }
-    quickselect_best(w->cand, t, (int)k - above);
-    for (int i = 0; i < k - above; i++) out[w->cand[i].i] = 1;
+    quickselect_best(w->cand, m, (int)k - above);
+    for (int i = 0; i < k - above; i++) ids[t++] = w->cand[i].i;
+    return t;
 }
 
-/* NOSA: top `count`, at most max_change of them new against the previous step's set. */
+/* NOSA: top `count`, at most max_change of them new against the previous step's set. Works on
+ * id lists (a few hundred of thousands of chunks), not on per-chunk flags. */
 void take_constrained(const StepArgs *a, int h, int64_t C, int64_t sinks, int64_t count, uint8_t *taken, Work *w) {
     if (count < 0) count = 0;
-    if (!a->previous) { best_of_all(a, h, C, sinks, count, taken, w); return; }
-    uint8_t *top = w->top;
-    memset(top, 0, (size_t)C);
-    best_of_all(a, h, C, sinks, count, top, w);
-    memset(w->in_prev, 0, (size_t)C);
-    for (int64_t c = 0; c < a->prev_chunks && c < C; c++) w->in_prev[c] = a->previous[(int64_t)h * a->prev_chunks + c];
-    int64_t n_cand = 0;
-    for (int64_t c = 0; c < C; c++) {
-        top[c] = top[c] && !w->in_prev[c];
-        n_cand += top[c];
+    int64_t n_top = best_ids_all(a, C, sinks, count, w->ids, w);
+    if (!a->previous) {
+        for (int64_t i = 0; i < n_top; i++) taken[w->ids[i]] = 1;
+        return;
     }
-    int64_t admit = n_cand < a->max_change ? n_cand : a->max_change;
-    best_of(a, h, C, sinks, top, admit, taken, w);
-    best_of(a, h, C, sinks, w->in_prev, count - admit, taken, w);
+    const uint8_t *prev = a->previous + (int64_t)h * a->prev_chunks;
+    int64_t n_prev = a->prev_chunks < C ? a->prev_chunks : C;
+    int n_new = 0; /* the best chunks not taken at the previous step */
+    for (int64_t i = 0; i < n_top; i++) {
+        int32_t c = w->ids[i];
+        if (c >= n_prev || !prev[c]) w->cand[n_new++] = (Scored){w->rank_score[c], c};
+    }
+    int64_t admit = n_new < a->max_change ? n_new : a->max_change;
+    mark_best(n_new, admit, taken, w);
+    int64_t m = nonzero_ids(prev, n_prev, w->ids), n_old = 0; /* then the best of the previous step's chunks */
+    for (int64_t i = 0; i < m; i++)
+        if (eligible(a, w->ids[i], sinks, w)) w->cand[n_old++] = (Scored){w->rank_score[w->ids[i]], w->ids[i]};
+    mark_best((int)n_old, count - admit, taken, w);
 }
 
-/* LRU of resident chunks (kvcache/resident.py): hits refresh, misses take the least recently used free slots. */
-void resident_step(StepArgs *a, int h, int64_t C, const uint8_t *taken, Work *w) {
+/* LRU of resident chunks (kvcache/resident.py): hits refresh, misses take the least recently used
+ * free slots, in ascending chunk order (w->ids: the taken chunks). */
+void resident_step(StepArgs *a, int h, Work *w) {
     uint8_t *fresh = w->fresh;
     int64_t *slot_of = a->slot_of + (int64_t)h * a->slot_cols;
     int64_t *slot_chunk = a->slot_chunk + (int64_t)h * a->capacity, *last = a->last_used + (int64_t)h * a->capacity;
     int64_t chunk_elems = (int64_t)a->chunk * a->d;
-    for (int64_t c = 0; c < C; c++) if (taken[c] && slot_of[c] >= 0) { last[slot_of[c]] = a->clock; w->hits++; }
-    for (int64_t c = 0; c < C; c++) {
-        if (!taken[c] || slot_of[c] >= 0) continue;
+    for (int64_t i = 0; i < w->n_ids; i++)
+        if (slot_of[w->ids[i]] >= 0) { last[slot_of[w->ids[i]]] = a->clock; w->hits++; }
+    for (int64_t i = 0; i < w->n_ids; i++) {
+        int64_t c = w->ids[i];
+        if (slot_of[c] >= 0) continue;
         w->misses++;
         int best = -1;
         for (int s = 0; s < a->capacity; s++)

@@ -50,8 +50,8 @@ typedef struct {
     float *rank_score;  /* [C] max over the group of log-softmax landmark scores */
     float *logits;      /* [group, C] then [group, M] */
     Scored *cand;       /* [C] */
-    uint8_t *in_prev;   /* [C] */
-    uint8_t *top;       /* [C] */
+    int32_t *ids;       /* [C] chunk ids: the best ones during the selection, then the taken ones, ascending */
+    int64_t n_ids;      /* taken chunks (after the selection) */
     uint8_t *fresh;     /* [C] chunks made resident this step */
     uint8_t *outlier;   /* [C] outlier chunks of this head */
     float *b;           /* [rank, d] this head's columns of factor_b */
@@ -69,11 +69,28 @@ static inline int64_t sink_overlap(int64_t c, int ch, int64_t sinks) {
     return n <= 0 ? 0 : (n < ch ? n : ch);
 }
 
+/* Ascending indices of the nonzero bytes of m[0..n) into ids; their count. Eight bytes at a time
+ * (a step takes a few hundred of thousands of chunks). */
+static inline int64_t nonzero_ids(const uint8_t *m, int64_t n, int32_t *ids) {
+    int64_t k = 0, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word;
+        memcpy(&word, m + i, 8);
+        while (word) {
+            int bit = __builtin_ctzll(word) & ~7; /* the byte's first bit: the whole byte is cleared */
+            ids[k++] = (int32_t)(i + bit / 8);
+            word &= ~(0xFFull << bit);
+        }
+    }
+    for (; i < n; i++) if (m[i]) ids[k++] = (int32_t)i;
+    return k;
+}
+
 /* ---- selection.c: which compressed chunks a head reads this step ------------------------- */
 void landmark_scores(const StepArgs *a, int h, int64_t C, Work *w);
 void mark_outliers(const StepArgs *a, int h, int64_t C, Work *w);
 void take_within(const StepArgs *a, int h, int64_t C, int64_t sinks, int64_t room, uint8_t *taken, Work *w);
 void take_constrained(const StepArgs *a, int h, int64_t C, int64_t sinks, int64_t count, uint8_t *taken, Work *w);
-void resident_step(StepArgs *a, int h, int64_t C, const uint8_t *taken, Work *w);
+void resident_step(StepArgs *a, int h, Work *w);
 
 #endif
