@@ -291,7 +291,7 @@ static int selection_space(const StepArgs *a, int64_t C, Work *w) {
     memset(w, 0, sizeof *w);
     w->rank_score = (float *)reserve(S_RANK, sizeof(float) * c1);
     w->logits = (float *)reserve(S_LOGITS, sizeof(float) * (size_t)a->group * c1);
-    w->cand = (Scored *)reserve(S_CAND, sizeof(Scored) * c1);
+    w->cand = (Scored *)reserve(S_CAND, sizeof(Scored) * 2 * c1); /* NOSA: the previous chunks, then scratch */
     w->ids = (int32_t *)reserve(S_IDS, sizeof(int32_t) * c1);
     w->fresh = (uint8_t *)reserve(S_FRESH, c1);
     w->outlier = (uint8_t *)reserve(S_OUTLIER, c1);

@@ -54,18 +54,20 @@ static inline int eligible(const StepArgs *a, int64_t c, int64_t sinks, const Wo
     return (c + 1) * a->chunk > sinks && !w->outlier[c];
 }
 
-/* Mark the k best (score desc, index asc) of the n candidates w->cand in out. */
-static void mark_best(int n, int64_t k, uint8_t *out, Work *w) {
+/* Mark the k best (score desc, index asc) of the n candidates v in out. */
+static void mark_best(Scored *v, int n, int64_t k, uint8_t *out) {
     if (k > n) k = n;
     if (k <= 0) return;
-    select_best(w->cand, n, (int)k);
-    for (int64_t i = 0; i < k; i++) out[w->cand[i].i] = 1;
+    select_best(v, n, (int)k);
+    for (int64_t i = 0; i < k; i++) out[v[i].i] = 1;
 }
 
 /* Ids of the k best eligible chunks (unordered) into ids; their count. A bucket count of the
  * scores in place (the same set as select_best: exact top k by score desc, index asc) without
- * building the candidates: chunks below c0 hold only sinks; outliers are skipped. */
-static int64_t best_ids_all(const StepArgs *a, int64_t C, int64_t sinks, int64_t k, int32_t *ids, Work *w) {
+ * building the candidates: chunks below c0 hold only sinks; outliers are skipped. tmp: scratch
+ * of C candidates. */
+static int64_t best_ids_all(const StepArgs *a, int64_t C, int64_t sinks, int64_t k, int32_t *ids, Scored *tmp,
+                            Work *w) {
     const float *s = w->rank_score;
     const uint8_t *outlier = w->outlier;
     int64_t c0 = sinks / a->chunk, n = 0, t = 0;
@@ -75,10 +77,10 @@ static int64_t best_ids_all(const StepArgs *a, int64_t C, int64_t sinks, int64_t
     Buckets bk;
     if (k >= n || !make_buckets(lo, hi, n, &bk)) {
         int m = 0;
-        for (int64_t c = c0; c < C; c++) if (eligible(a, c, sinks, w)) w->cand[m++] = (Scored){s[c], (int32_t)c};
+        for (int64_t c = c0; c < C; c++) if (eligible(a, c, sinks, w)) tmp[m++] = (Scored){s[c], (int32_t)c};
         if (k > m) k = m;
-        select_best(w->cand, m, (int)k);
-        for (int64_t i = 0; i < k; i++) ids[i] = w->cand[i].i;
+        select_best(tmp, m, (int)k);
+        for (int64_t i = 0; i < k; i++) ids[i] = tmp[i].i;
         return k;
     }
     int count[SELECT_BUCKETS] = {0}, above, m = 0;
@@ -88,35 +90,63 @@ static int64_t best_ids_all(const StepArgs *a, int64_t C, int64_t sinks, int64_t
         if (outlier[c]) continue;
         int bi = bucket_of(bk, s[c]);
         if (bi > b) ids[t++] = (int32_t)c;
-        else if (bi == b) w->cand[m++] = (Scored){s[c], (int32_t)c};
+        else if (bi == b) tmp[m++] = (Scored){s[c], (int32_t)c};
     }
-    quickselect_best(w->cand, m, (int)k - above);
-    for (int i = 0; i < k - above; i++) ids[t++] = w->cand[i].i;
+    quickselect_best(tmp, m, (int)k - above);
+    for (int i = 0; i < k - above; i++) ids[t++] = tmp[i].i;
     return t;
+}
+
+/* best_ids_all from a threshold that the previous step's chunks give: the k-th best score t among
+ * the n_old >= k chunks `old` (current scores) has at least k eligible chunks at or above it, so
+ * the chunks scoring >= t (one pass) hold the k best; these few are selected exactly. The same set
+ * as best_ids_all; -1 where it does not apply (fewer old chunks than k, a non-finite threshold).
+ * tmp: scratch of C + 1 candidates. */
+static int64_t best_ids_above_old(const StepArgs *a, int64_t C, int64_t sinks, int64_t k, const Scored *old,
+                                  int64_t n_old, int32_t *ids, Scored *tmp, Work *w) {
+    if (k <= 0 || n_old < k) return -1;
+    memcpy(tmp, old, sizeof(Scored) * (size_t)n_old);
+    quickselect_best(tmp, (int)n_old, (int)k);
+    float t = INFINITY;
+    for (int64_t i = 0; i < k; i++) t = tmp[i].s < t ? tmp[i].s : t;
+    if (!isfinite(t)) return -1;
+    const float *s = w->rank_score;
+    const uint8_t *outlier = w->outlier;
+    int m = 0;
+    for (int64_t c = sinks / a->chunk; c < C; c++) { /* branch-free: every chunk written, the kept ones counted */
+        tmp[m] = (Scored){s[c], (int32_t)c};
+        m += !outlier[c] & (s[c] >= t);
+    }
+    select_best(tmp, m, (int)k);
+    for (int64_t i = 0; i < k; i++) ids[i] = tmp[i].i;
+    return k;
 }
 
 /* NOSA: top `count`, at most max_change of them new against the previous step's set. Works on
  * id lists (a few hundred of thousands of chunks), not on per-chunk flags. */
 void take_constrained(const StepArgs *a, int h, int64_t C, int64_t sinks, int64_t count, uint8_t *taken, Work *w) {
     if (count < 0) count = 0;
-    int64_t n_top = best_ids_all(a, C, sinks, count, w->ids, w);
     if (!a->previous) {
+        int64_t n_top = best_ids_all(a, C, sinks, count, w->ids, w->cand, w);
         for (int64_t i = 0; i < n_top; i++) taken[w->ids[i]] = 1;
         return;
     }
     const uint8_t *prev = a->previous + (int64_t)h * a->prev_chunks;
     int64_t n_prev = a->prev_chunks < C ? a->prev_chunks : C;
+    Scored *old = w->cand, *tmp = w->cand + C + 1; /* the previous step's eligible chunks; scratch */
+    int64_t m = nonzero_ids(prev, n_prev, w->ids), n_old = 0;
+    for (int64_t i = 0; i < m; i++)
+        if (eligible(a, w->ids[i], sinks, w)) old[n_old++] = (Scored){w->rank_score[w->ids[i]], w->ids[i]};
+    int64_t n_top = best_ids_above_old(a, C, sinks, count, old, n_old, w->ids, tmp, w);
+    if (n_top < 0) n_top = best_ids_all(a, C, sinks, count, w->ids, tmp, w);
     int n_new = 0; /* the best chunks not taken at the previous step */
     for (int64_t i = 0; i < n_top; i++) {
         int32_t c = w->ids[i];
-        if (c >= n_prev || !prev[c]) w->cand[n_new++] = (Scored){w->rank_score[c], c};
+        if (c >= n_prev || !prev[c]) tmp[n_new++] = (Scored){w->rank_score[c], c};
     }
     int64_t admit = n_new < a->max_change ? n_new : a->max_change;
-    mark_best(n_new, admit, taken, w);
-    int64_t m = nonzero_ids(prev, n_prev, w->ids), n_old = 0; /* then the best of the previous step's chunks */
-    for (int64_t i = 0; i < m; i++)
-        if (eligible(a, w->ids[i], sinks, w)) w->cand[n_old++] = (Scored){w->rank_score[w->ids[i]], w->ids[i]};
-    mark_best((int)n_old, count - admit, taken, w);
+    mark_best(tmp, n_new, admit, taken);
+    mark_best(old, (int)n_old, count - admit, taken); /* then the best of the previous step's chunks */
 }
 
 /* LRU of resident chunks (kvcache/resident.py): hits refresh, misses take the least recently used

@@ -49,7 +49,7 @@ typedef struct Span {
 typedef struct {
     float *rank_score;  /* [C] max over the group of log-softmax landmark scores */
     float *logits;      /* [group, C] then [group, M] */
-    Scored *cand;       /* [C] */
+    Scored *cand;       /* [2 * (C + 1)] candidates and scratch of the selection */
     int32_t *ids;       /* [C] chunk ids: the best ones during the selection, then the taken ones, ascending */
     int64_t n_ids;      /* taken chunks (after the selection) */
     uint8_t *fresh;     /* [C] chunks made resident this step */
