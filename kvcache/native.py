@@ -79,6 +79,5 @@ def load_kernel() -> ctypes.CDLL | None:
     except (RuntimeError, OSError) as exc:
         logger.warning("compressed KV decode kernel unavailable, stores use the PyTorch path: %s", exc)
         return None
-    lib.compressed_attend.restype = ctypes.c_int
     lib.compressed_attend_many.restype = ctypes.c_int
     return lib

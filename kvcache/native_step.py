@@ -99,6 +99,7 @@ class _Batch:
         return cls(q, torch.empty_like(q), torch.empty(kv[-1], dtype=torch.int64), head, kv)
 
     def address(self, t: torch.Tensor, row: int) -> int:
+        """Address of row ``row`` of ``t`` (one of this batch's buffers)."""
         return t.data_ptr() + row * t.stride(0) * t.element_size()
 
 
@@ -155,7 +156,7 @@ def _finish(call: _Call, rc: int, out: torch.Tensor, positions: list[int]) -> tu
     if rc == -1:
         raise ValueError(f"budget {store.params.budget} is smaller than the always-kept positions")
     if rc != 0:
-        raise MemoryError("compressed_attend: allocation failed")
+        raise MemoryError("compressed_attend_many: allocation failed")
     filled = 0
     if store.cache is not None:
         store.cache.record(a.hits, a.misses)

@@ -349,10 +349,3 @@ int compressed_attend_many(StepArgs *args, int n, int threads, int32_t *rc) {
     }
     return threads;
 }
-
-/* One step on the calling thread: 0, -1 or -2 as above. */
-int compressed_attend(StepArgs *a) {
-    int32_t rc;
-    compressed_attend_many(a, 1, 1, &rc);
-    return rc;
-}
