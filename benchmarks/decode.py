@@ -39,6 +39,7 @@ import argparse
 import json
 import math
 import re
+import shlex
 import sys
 import tempfile
 import threading
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duo", action="store_true",
                     help="both modes prefill with the retrieval-head profile (profiles/duo/): the same decode "
                     "comparison with shorter prefills; with --kv profile ours also takes its KV policies")
+    ap.add_argument("--server-args", default="",
+                    help="more `sparse-serve serve` flags for both modes, e.g. '--no-enforce-eager' (torch.compile)")
     args = ap.parse_args(argv)
     contexts = [int(x) for x in args.contexts.split(",")]
     batches = [int(x) for x in args.batch.split(",")]
@@ -218,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--dtype", args.dtype, "--max-model-len", str(max_len), "--max-num-batched-tokens", "8192",
               "--kv-cache-memory-bytes", str(args.kv_cache_memory_bytes), "--profile", str(profile_path),
               "--max-queued-prompt-tokens", str(max(batches) * max_len),
-              "--request-timeout-s", "7200"]  # a batch of long prefills shares the engine: first tokens come late
+              "--request-timeout-s", "7200",  # a batch of long prefills shares the engine: first tokens come late
+              *shlex.split(args.server_args)]
     flags = {"dense": [], "ours": ["--kv-policies", "--kv-threshold", str(args.kv_threshold)]
              + (["--kv-window-layers"] if args.kv_window_layers else [])}
     measured: dict[str, dict[tuple[int, int], tuple[float, dict, dict]]] = {}

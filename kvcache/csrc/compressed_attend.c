@@ -124,10 +124,17 @@ static void add_weighted(const float *p, int64_t p_stride, int g, const void *va
     }
 }
 
-/* Spans are scattered (resident slots, offloaded chunks): the next one's rows (up to 4 KB) are
- * fetched while this one is read. */
+/* Spans are scattered (resident slots, offloaded chunks): the rows (up to 4 KB) of the span
+ * SPAN_AHEAD places on are fetched while this one is read (most spans are one chunk, 1-2 KB: one
+ * span ahead leaves too few reads in flight to cover DRAM latency). */
+enum { SPAN_AHEAD = 4 };
 static inline void prefetch_span(const void *rows, int64_t n, size_t row_bytes) {
     prefetch_bytes(rows, (size_t)n * row_bytes < 4096 ? (size_t)n * row_bytes : 4096);
+}
+
+/* prefetch_span of spans [s, s + SPAN_AHEAD) at the start of a pass (k: keys, else values). */
+static inline void prefetch_first_spans(const Span *spans, int64_t n_spans, int k, size_t row_bytes) {
+    for (int64_t s = 0; s < n_spans && s < SPAN_AHEAD; s++) prefetch_span(k ? spans[s].k : spans[s].v, spans[s].rows, row_bytes);
 }
 
 /* logits [g][m] = scale * q_j . key_i for the m rows of the spans in order, VL rows at a time
@@ -140,8 +147,11 @@ static void span_dots(const StepArgs *a, const float *q, const Span *spans, int6
     const void *rows[VL];
     int cnt = 0;
     int64_t at = 0;
+    prefetch_first_spans(spans, n_spans, 1, row_bytes);
     for (int64_t s = 0; s < n_spans; s++) {
-        if (s + 1 < n_spans) prefetch_span(spans[s + 1].k, spans[s + 1].rows, row_bytes);
+        if (s + SPAN_AHEAD < n_spans) prefetch_span(spans[s + SPAN_AHEAD].k, spans[s + SPAN_AHEAD].rows, row_bytes);
+        /* this span's values, read by the second pass: into L2 now */
+        prefetch_bytes_l2(spans[s].v, (size_t)spans[s].rows * row_bytes < 4096 ? (size_t)spans[s].rows * row_bytes : 4096);
         for (int64_t r = 0; r < spans[s].rows; r++) {
             rows[cnt++] = (const char *)spans[s].k + (size_t)r * row_bytes;
             if (cnt < VL) continue;
@@ -166,8 +176,9 @@ static void attend_spans(const StepArgs *a, int h, const Span *spans, int64_t n_
         inv_z[j] = 1.f / sum(lg, m);
     }
     size_t row_bytes = (size_t)d * (a->dtype == BF16 ? 2 : 4);
+    prefetch_first_spans(spans, n_spans, 0, row_bytes);
     for (int64_t s = 0, at = 0; s < n_spans; at += spans[s++].rows) {
-        if (s + 1 < n_spans) prefetch_span(spans[s + 1].v, spans[s + 1].rows, row_bytes);
+        if (s + SPAN_AHEAD < n_spans) prefetch_span(spans[s + SPAN_AHEAD].v, spans[s + SPAN_AHEAD].rows, row_bytes);
         add_weighted(w->logits + at, m, g, spans[s].v, a->dtype, spans[s].rows, d, out);
     }
     for (int j = 0; j < g; j++)
@@ -267,7 +278,7 @@ typedef struct {
     size_t bytes;
 } Scratch;
 
-enum { S_RANK, S_LOGITS, S_CAND, S_IDS, S_FRESH, S_OUTLIER, S_B, S_KEYS, S_SPANS,
+enum { S_RANK, S_LOGITS, S_CAND, S_IDS, S_FRESH, S_OUTLIER, S_B, S_SIDE, S_KEYS, S_SPANS,
        S_REBUILT, S_COEF, S_POS, S_COUNT };
 
 /* Per thread, kept across calls (the OpenMP threads persist): a step allocates nothing once the
@@ -296,8 +307,9 @@ static int selection_space(const StepArgs *a, int64_t C, Work *w) {
     w->fresh = (uint8_t *)reserve(S_FRESH, c1);
     w->outlier = (uint8_t *)reserve(S_OUTLIER, c1);
     w->b = (float *)reserve(S_B, sizeof(float) * (size_t)(a->rank + 1) * d);
+    w->side = (const char **)reserve(S_SIDE, sizeof(char *) * (2 * (size_t)a->capacity + 1));
     return (w->rank_score && w->logits && w->cand && w->ids && w->fresh && w->outlier
-            && w->b) ? 0 : -2;
+            && w->b && w->side) ? 0 : -2;
 }
 
 /* The gather's scratch: m rows at most, n_sel of them rebuilt, in at most 3 + outliers + C spans; 0, or -2. */

@@ -64,11 +64,23 @@ static inline __attribute__((always_inline)) void block_dots_bf16(const uint32_t
 }
 #endif
 
+/* Memory that a step reads after its landmark scores, fetched into L2 while they stream: n pieces
+ * of `bytes` bytes from at[0..n). */
+typedef struct {
+    const char *const *at;
+    int64_t n;
+    size_t bytes;
+} SidePrefetch;
+
 /* out[j * out_stride + i] = scale * (q_j . L_i) for g float32 queries q [g][d] and n bfloat16
- * landmarks in blocks ([ceil(n/16)][d/2][16][2]). d is even; lanes past n are computed and dropped. */
+ * landmarks in blocks ([ceil(n/16)][d/2][16][2]). d is even; lanes past n are computed and dropped.
+ * side (or NULL): spread over the blocks, a few pieces per block (the scores are compute-light, so
+ * the memory system has room for a second stream). */
 static void blocked_dots(const float *q, int g, const void *landmarks, int64_t n, int d, float scale, float *out,
-                         int64_t out_stride) {
+                         int64_t out_stride, const SidePrefetch *side) {
     const uint32_t *blocks = (const uint32_t *)landmarks;
+    int64_t n_blocks = (n + LM_BLOCK - 1) / LM_BLOCK, side_at = 0;
+    int64_t side_per_block = side && n_blocks ? (side->n + n_blocks - 1) / n_blocks : 0;
     float res[LM_QUERIES][LM_BLOCK];
 #ifdef __AVX512BF16__
     uint32_t qp[g * (d / 2)];
@@ -78,6 +90,7 @@ static void blocked_dots(const float *q, int g, const void *landmarks, int64_t n
         const uint32_t *blk = blocks + b * (int64_t)(d / 2) * LM_BLOCK;
         int64_t cnt = n - b * LM_BLOCK < LM_BLOCK ? n - b * LM_BLOCK : LM_BLOCK;
         prefetch_bytes(blk + 2 * (d / 2) * LM_BLOCK, (size_t)d * LM_BLOCK * 2); /* two blocks ahead (cold DRAM) */
+        for (int64_t k = 0; k < side_per_block && side_at < side->n; k++) prefetch_bytes_l2(side->at[side_at++], side->bytes);
         for (int j0 = 0; j0 < g; j0 += LM_QUERIES) {
             int qn = g - j0 < LM_QUERIES ? g - j0 : LM_QUERIES;
 #ifdef __AVX512BF16__

@@ -12,10 +12,23 @@ void mark_outliers(const StepArgs *a, int h, int64_t C, Work *w) {
     }
 }
 
+/* Landmark scores of head h into w->rank_score. While the landmarks stream, the resident chunks the
+ * previous step read (NOSA: most of this step's, by the locality constraint) are fetched into L2. */
 void landmark_scores(const StepArgs *a, int h, int64_t C, Work *w) {
     int g = a->group, d = a->d;
     const uint16_t *marks = (const uint16_t *)a->landmarks.ptr + h * a->landmarks.head_stride;
-    blocked_dots(a->q + (int64_t)h * g * d, g, marks, C, d, a->scale, w->logits, C);
+    size_t chunk_bytes = (size_t)a->chunk * d * (a->dtype == BF16 ? 2 : 4);
+    SidePrefetch side = {w->side, 0, chunk_bytes};
+    if (a->resident_v) {
+        const int64_t *last = a->last_used + (int64_t)h * a->capacity;
+        for (int64_t s = 0; s < a->capacity; s++) {
+            if (last[s] != a->clock - 1) continue;
+            size_t at = (size_t)((int64_t)h * a->capacity + s) * chunk_bytes;
+            if (a->resident_k) w->side[side.n++] = (const char *)a->resident_k + at;
+            w->side[side.n++] = (const char *)a->resident_v + at;
+        }
+    }
+    blocked_dots(a->q + (int64_t)h * g * d, g, marks, C, d, a->scale, w->logits, C, &side);
     for (int64_t c = 0; c < C; c++) w->rank_score[c] = -INFINITY;
     for (int j = 0; j < g; j++) { /* log-softmax over the chunks, max over the group */
         const float *s = w->logits + j * C;

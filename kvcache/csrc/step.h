@@ -60,6 +60,7 @@ typedef struct {
     struct Span *spans; /* the rows attended (idem) */
     float *coef;        /* [S, rank] factor rows of the selected positions (idem) */
     int64_t *pos;       /* [S] selected compressed positions (idem) */
+    const char **side; /* [2 * capacity] resident rows to prefetch during the landmark scores */
     int64_t offload_bytes, hits, misses, filled; /* this head's share of the StepArgs counters */
 } Work;
 

@@ -144,6 +144,11 @@ static inline void prefetch_bytes(const void *p, size_t n) {
     for (size_t i = 0; i < n; i += 64) __builtin_prefetch((const char *)p + i);
 }
 
+/* The same into L2 and beyond (prefetcht1): rows read later in the step, not next. */
+static inline void prefetch_bytes_l2(const void *p, size_t n) {
+    for (size_t i = 0; i < n; i += 64) __builtin_prefetch((const char *)p + i, 0, 2);
+}
+
 static inline float sum(const float *x, int64_t n) {
     vf acc = {0};
     int64_t i = 0;
