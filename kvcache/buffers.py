@@ -10,13 +10,15 @@ whole prefilled history (25 MB per buffer and layer for a 32K float32 request). 
 rows from the front (sliding windows) and reports the bytes it *holds* (its capacity, not its length). The offload tier is host memory, pinned when CUDA is
 available so host-to-device copies can be asynchronous.
 
-:class:`LandmarkBuffer` holds a store's chunk landmarks in the blocked layout that the C decode
+:class:`LandmarkBuffer` holds a store's int8 chunk landmarks in the blocked layout that the C decode
 kernel scores without horizontal sums (16 landmarks per vector, one per lane).
 """
 
 from __future__ import annotations
 
 import torch
+
+from .landmarks import Int8Landmarks
 
 
 def offload_device_pinned() -> bool:
@@ -97,68 +99,76 @@ class TokenBuffer:
 
 
 LANDMARK_BLOCK = 16
-"""Landmarks per block of :class:`LandmarkBuffer` (one per float32 lane of an AVX-512 vector)."""
+"""Landmarks per block of :class:`LandmarkBuffer` (one per 32-bit lane of an AVX-512 vector)."""
 
 
 class LandmarkBuffer:
-    """Chunk landmarks ``[H, C, D]`` in bfloat16, appended along C, stored in blocks of 16 with dims paired.
+    """Chunk landmarks ``[H, C, D]`` as :class:`~kvcache.landmarks.Int8Landmarks`, appended along C, in blocks of 16.
 
-    Memory ``[H, blocks, D/2, 16, 2]``: landmark ``c``'s dims ``2t, 2t + 1`` sit at block ``c // 16``,
-    pair ``t``, lane ``c % 16``. The decode kernel (``kvcache/csrc/dots.h``, ``blocked_dots``)
-    reads one pair of 16 landmarks as one vector, so a query's dot products accumulate lane-wise
-    with no horizontal sum per landmark, and AVX512-BF16 multiplies both dims of a pair in one
-    instruction. :meth:`view` gives the PyTorch path the row-major ``[H, C, D]`` (a copy). Capacity
-    grows as :class:`TokenBuffer`'s, in whole blocks; unused lanes are zero.
+    Values ``int8 [H, blocks, D/2, 16, 2]``: landmark ``c``'s dims ``2t, 2t + 1`` sit at block
+    ``c // 16``, pair ``t``, lane ``c % 16``; scales ``float32 [H, blocks, 16]``. The decode kernel
+    (``kvcache/csrc/dots.h``, ``landmark_dots``) reads one pair of 16 landmarks as one vector of
+    32-bit lanes, so a query's dot products accumulate lane-wise with no horizontal sum per
+    landmark (AVX512-VNNI: one ``vpdpwssd`` per pair). :meth:`view` gives the PyTorch path the
+    row-major landmarks (a copy). Capacity grows as :class:`TokenBuffer`'s, in whole blocks; unused
+    lanes are zero.
     """
-
-    dtype = torch.bfloat16
 
     def __init__(self, heads: int, width: int, *, device: torch.device | str) -> None:
         if width % 2:
             raise ValueError(f"landmark width must be even (dims are stored in pairs); got {width}")
         self.heads, self.width = heads, width
         self.device = torch.device(device)
-        self._data = self._alloc(0)
+        self._data, self._scale = self._alloc(0)
         self._len = 0
 
-    def _alloc(self, blocks: int) -> torch.Tensor:
-        return torch.zeros(self.heads, blocks, self.width // 2, LANDMARK_BLOCK, 2, dtype=self.dtype, device=self.device)
+    def _alloc(self, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.zeros(self.heads, blocks, self.width // 2, LANDMARK_BLOCK, 2, dtype=torch.int8, device=self.device),
+                torch.zeros(self.heads, blocks, LANDMARK_BLOCK, dtype=torch.float32, device=self.device))
 
     def __len__(self) -> int:
         return self._len
 
-    def view(self) -> torch.Tensor:
+    def view(self) -> Int8Landmarks:
         """The landmarks ``[H, len, D]``, row-major (a copy)."""
         rows = self._data.permute(0, 1, 3, 2, 4).reshape(self.heads, -1, self.width)
-        return rows[:, : self._len]
+        return Int8Landmarks(rows[:, : self._len], self._scale.reshape(self.heads, -1)[:, : self._len])
 
     def rows_address(self) -> tuple[int, int]:
-        """Address of head 0's first block, and elements between heads."""
+        """Address of head 0's first block of values, and elements between heads."""
         return self._data.data_ptr(), self._data.stride(0)
 
+    def scale_address(self) -> tuple[int, int]:
+        """Address of head 0's first scale, and elements between heads."""
+        return self._scale.data_ptr(), self._scale.stride(0)
+
     def append(self, x: torch.Tensor) -> None:
-        """Append landmarks ``x [H, T, D]``."""
+        """Append float landmarks ``x [H, T, D]`` (quantized here)."""
         if x.dim() != 3 or x.shape[0] != self.heads or x.shape[2] != self.width:
             raise ValueError(f"expected [{self.heads}, T, {self.width}]; got {tuple(x.shape)}")
         t = x.shape[1]
         need = self._len + t
         if need > self._data.shape[1] * LANDMARK_BLOCK:
-            new = self._alloc(-(-_grown(need) // LANDMARK_BLOCK))
-            new[:, : self._data.shape[1]] = self._data
-            self._data = new
-        pairs = x.to(self.device, self.dtype).reshape(self.heads, t, self.width // 2, 2)
+            data, scale = self._alloc(-(-_grown(need) // LANDMARK_BLOCK))
+            data[:, : self._data.shape[1]] = self._data
+            scale[:, : self._scale.shape[1]] = self._scale
+            self._data, self._scale = data, scale
+        marks = Int8Landmarks.of(x.to(self.device))
+        pairs = marks.values.reshape(self.heads, t, self.width // 2, 2)
         if t <= 2:  # a decode step's chunk: basic indexing, no index tensors
             for i, c in enumerate(range(self._len, need)):
                 self._data[:, c // LANDMARK_BLOCK, :, c % LANDMARK_BLOCK] = pairs[:, i]
+                self._scale[:, c // LANDMARK_BLOCK, c % LANDMARK_BLOCK] = marks.scale[:, i]
         else:
             pos = torch.arange(self._len, need, device=self.device)
             self._data[:, pos // LANDMARK_BLOCK, :, pos % LANDMARK_BLOCK] = pairs.transpose(0, 1)  # advanced dims lead
+            self._scale[:, pos // LANDMARK_BLOCK, pos % LANDMARK_BLOCK] = marks.scale
         self._len = need
 
     def nbytes(self) -> int:
         """Bytes held (capacity)."""
-        return self._data.numel() * self._data.element_size()
+        return self._data.numel() * self._data.element_size() + self._scale.numel() * self._scale.element_size()
 
     def free(self) -> None:
-        self._data = self._alloc(0)
+        self._data, self._scale = self._alloc(0)
         self._len = 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .landmarks import DEFAULT_CHUNK
-from .selection import (DEFAULT_BUDGET, DEFAULT_N_LOCAL, DEFAULT_N_SINK, Selection, always_mask, best_allowed,
+from .selection import (DEFAULT_BUDGET, DEFAULT_N_LOCAL, DEFAULT_N_SINK, Landmarks, Selection, always_mask, best_allowed,
                         chunk_scores, local_start)
 
 DEFAULT_MAX_CHANGE = 8
@@ -56,7 +56,7 @@ def constrained_chunks(
 
 def nosa_select_positions(
     q: torch.Tensor,
-    landmarks: torch.Tensor,
+    landmarks: Landmarks,
     seq_len: int,
     previous: torch.Tensor | None,
     *,

@@ -28,7 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .landmarks import DEFAULT_CHUNK, chunk_positions
+from .landmarks import DEFAULT_CHUNK, Int8Landmarks, chunk_positions
+
+Landmarks = torch.Tensor | Int8Landmarks
+"""Chunk landmarks ``[Hkv, C, D]``: float, or int8 as the stores keep them."""
 
 DEFAULT_BUDGET = 2048
 DEFAULT_N_SINK = 4
@@ -85,9 +88,12 @@ def always_mask(
     return mask
 
 
-def chunk_scores(q: torch.Tensor, landmarks: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """Approximate attention of ``q [Hq, D]`` over ``landmarks [Hkv, C, D]``, GQA max-aggregated: ``float32 [Hkv, C]``."""
-    if q.dim() != 2 or landmarks.dim() != 3 or q.shape[1] != landmarks.shape[2]:
+def chunk_scores(q: torch.Tensor, landmarks: Landmarks, scale: float | None = None) -> torch.Tensor:
+    """Approximate attention of ``q [Hq, D]`` over ``landmarks [Hkv, C, D]``, GQA max-aggregated: ``float32 [Hkv, C]``.
+
+    ``landmarks``: float (scored in float32) or the stores' :class:`Int8Landmarks` (scored as the C kernel does).
+    """
+    if q.dim() != 2 or len(landmarks.shape) != 3 or q.shape[1] != landmarks.shape[2]:
         raise ValueError(f"q must be [Hq, D] and landmarks [Hkv, C, D]; got {tuple(q.shape)}, {tuple(landmarks.shape)}")
     hq, d = q.shape
     hkv, c, _ = landmarks.shape
@@ -97,7 +103,11 @@ def chunk_scores(q: torch.Tensor, landmarks: torch.Tensor, scale: float | None =
         return torch.zeros(hkv, 0, device=landmarks.device)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     qg = q.float().to(landmarks.device).reshape(hkv, hq // hkv, d)
-    probs = torch.softmax(torch.matmul(qg, landmarks.float().transpose(1, 2)) * scale, dim=-1)
+    if isinstance(landmarks, Int8Landmarks):
+        logits = landmarks.logits(qg, scale)
+    else:
+        logits = torch.matmul(qg, landmarks.float().transpose(1, 2)) * scale
+    probs = torch.softmax(logits, dim=-1)
     return probs.amax(dim=1)
 
 
@@ -133,7 +143,7 @@ def best_allowed(scores: torch.Tensor, allowed: torch.Tensor, limit: torch.Tenso
 
 def select_positions(
     q: torch.Tensor,
-    landmarks: torch.Tensor,
+    landmarks: Landmarks,
     seq_len: int,
     *,
     chunk: int = DEFAULT_CHUNK,

@@ -7,7 +7,7 @@ values of the compressed history. Layout for ``shadowkv`` / ``nosa``, with ``W``
 the local window (:func:`kvcache.selection.local_start`):
 
 * pool: low-rank factors of the pre-RoPE keys of the prefill (``A [N0, r]``, ``B [r, Hkv*D]``),
-  landmarks of the chunks before ``W`` (in :data:`LANDMARK_DTYPE`), the outlier chunks' exact keys/values (chosen at
+  landmarks of the chunks before ``W`` (int8, :class:`kvcache.landmarks.Int8Landmarks`), the outlier chunks' exact keys/values (chosen at
   prefill), the sinks' keys/values, the window's keys (pre- and post-RoPE) and values, and the
   *pending* pre-RoPE keys of positions ``[N0, W)``: tokens generated after the fit that have
   left the window. They are kept exact (rotated on read) until :meth:`SequenceKvStore.refit`
@@ -48,12 +48,6 @@ from .rope import apply_rope, rope_inv_freq, shared_rope_table
 from .selection import local_start, select_positions
 
 AnyKvParams = FullKvParams | StreamingKvParams | ShadowKvParams | NosaKvParams
-
-LANDMARK_DTYPE = LandmarkBuffer.dtype
-"""Dtype of the chunk landmarks, whatever the store's dtype. Landmarks only rank chunks (the attention
-over the chosen ones reads exact keys), and every decode step reads all of them: bfloat16 halves
-those reads and their pool bytes against float32 (32 -> 16 bytes per head-token at chunk 8 and
-head_dim 64); the rounding (8 significant bits) can only reorder chunks whose scores nearly tie."""
 
 
 def _nbytes(t: torch.Tensor | None) -> int:

@@ -27,12 +27,11 @@ import torch
 
 from attention_backends import AShapeParams, PatternParams
 from kvcache.decode_attention import decode_recall as mass_on_selection
-from kvcache.landmarks import chunk_landmarks, outlier_chunks
+from kvcache.landmarks import Int8Landmarks, chunk_landmarks, outlier_chunks
 from kvcache.lowrank import relative_error
 from kvcache.nosa import nosa_select_positions
 from kvcache.params import NosaKvParams, ShadowKvParams, StreamingKvParams
 from kvcache.selection import local_start, select_positions
-from kvcache.store import LANDMARK_DTYPE
 from kvcache.streaming import streaming_mask
 
 from .schema import KvChoice
@@ -103,8 +102,8 @@ def shadowkv_decode_recall(
     """Mean decode recall ``float32 [Hq]`` of the budgeted ShadowKV selection for query ``rows`` of post-RoPE ``q [Hq, N, D]``, ``k [Hkv, N, D]``."""
     p = params or ShadowKvParams()
 
-    def pick(t: int, n: int, marks: torch.Tensor, outliers: torch.Tensor, previous: torch.Tensor | None):
-        return select_positions(q[:, t], marks[:, : n // p.chunk], n, chunk=p.chunk, budget=p.budget,
+    def pick(t: int, n: int, marks: Int8Landmarks, outliers: torch.Tensor, previous: torch.Tensor | None):
+        return select_positions(q[:, t], marks.prefix(n // p.chunk), n, chunk=p.chunk, budget=p.budget,
                                 n_sink=p.n_sink, n_local=p.n_local, outliers=outliers, scale=scale)
 
     return _selection_recall(q, k, _check_rows(q, k, rows), p, scale, pick)
@@ -116,7 +115,7 @@ def _selection_recall(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, p: S
 
     ``pick(t, n, landmarks, outliers, previous_chunk_mask)`` returns a selection for row ``t``.
     """
-    marks = chunk_landmarks(k, p.chunk).to(LANDMARK_DTYPE)  # as the stores keep them
+    marks = Int8Landmarks.of(chunk_landmarks(k, p.chunk))  # as the stores keep them
     total = torch.zeros(q.shape[0], dtype=torch.float64)
     previous = None
     for t in rows.tolist():
@@ -135,8 +134,8 @@ def nosa_decode_recall(
     """Like :func:`shadowkv_decode_recall` with the locality constraint carried over ``rows`` in increasing order (use consecutive rows)."""
     p = params or NosaKvParams()
 
-    def pick(t: int, n: int, marks: torch.Tensor, outliers: torch.Tensor, previous: torch.Tensor | None):
-        return nosa_select_positions(q[:, t], marks[:, : n // p.chunk], n, previous, chunk=p.chunk, budget=p.budget,
+    def pick(t: int, n: int, marks: Int8Landmarks, outliers: torch.Tensor, previous: torch.Tensor | None):
+        return nosa_select_positions(q[:, t], marks.prefix(n // p.chunk), n, previous, chunk=p.chunk, budget=p.budget,
                                      n_sink=p.n_sink, n_local=p.n_local, outliers=outliers, max_change=p.max_change,
                                      scale=scale)
 

@@ -1,11 +1,14 @@
-/* Dot products of a head's queries with many rows: landmarks in blocks (selection.c) and keys
- * gathered across spans (compressed_attend.c). Both accumulate one row per vector lane and fold
- * VL rows' sums together, so no row pays a horizontal sum of its own; with AVX512-BF16 and
- * bfloat16-exact queries (a bfloat16 store's) a pair of dims is multiplied in one instruction
- * (products exact either way; sums in another order). Static functions, included once. */
+/* Dot products of a head's queries with many rows: int8 landmarks in blocks (selection.c) and keys
+ * gathered across spans (compressed_attend.c). Landmark scores are exact integer dot products of the
+ * int16-quantized query with 16 landmarks at a time, one per 32-bit lane (AVX512-VNNI or AVX2: a pair
+ * of dims per multiply-add). Key dots accumulate one row per vector lane and fold VL rows' sums together, so
+ * no row pays a horizontal sum of its own; with AVX512-BF16 and bfloat16-exact queries (a bfloat16
+ * store's) a pair of dims is multiplied in one instruction (products exact either way; sums in
+ * another order). Static functions, included once. */
 #pragma once
+#include <string.h>
 #include "vec_math.h"
-#ifdef __AVX512BF16__
+#if defined(__AVX512BF16__) || defined(__AVX512VNNI__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -19,48 +22,85 @@ static inline int bf16_pairs(const float *q, int64_t n, uint32_t *qp) {
     return 1;
 }
 
-/* ---- landmarks in blocks (kvcache/buffers.py LandmarkBuffer) ------------------------------- */
+/* ---- int8 landmarks in blocks (kvcache/buffers.py LandmarkBuffer) -------------------------- */
 enum { LM_BLOCK = 16 }; /* landmarks per block */
-#define LM_QUERIES 4    /* queries scored together: independent accumulator chains per pair */
-typedef uint32_t vpu __attribute__((vector_size(VL * 4), aligned(4)));
+#define LM_QUERIES 4    /* queries scored together */
+#define QUERY_LEVELS 32767.f /* kvcache/landmarks.py QUERY_LEVELS */
+#define QUANT_TINY 1e-30f    /* kvcache/landmarks.py _TINY */
 
-/* res[j][l] = q_j . L_l for qn (a constant where inlined) queries q [qn][d] and the 16 landmarks of
- * one block blk [d/2][16] (bfloat16 dim pairs), one per lane. */
-static inline __attribute__((always_inline)) void block_dots(const float *q, int qn, const uint32_t *blk, int d,
-                                                             float res[LM_QUERIES][LM_BLOCK]) {
+/* q [d] as int16 values q16 [d] (round half to even); returns the scale max|q| / 32767 (0 for a zero
+ * query). The same float32 operations as kvcache/landmarks.py quantize_queries. */
+static inline float quantize_query(const float *q, int d, int16_t *q16) {
+    float amax = 0.f;
+    for (int t = 0; t < d; t++) amax = fabsf(q[t]) > amax ? fabsf(q[t]) : amax;
+    float inv = QUERY_LEVELS / (amax > QUANT_TINY ? amax : QUANT_TINY); /* finite: a zero query stays 0 */
+    for (int t = 0; t < d; t++) {
+        float r = nearbyintf(q[t] * inv);
+        q16[t] = (int16_t)(r > QUERY_LEVELS ? QUERY_LEVELS : r < -QUERY_LEVELS ? -QUERY_LEVELS : r);
+    }
+    return amax / QUERY_LEVELS;
+}
+
+/* res[j][l] = q16_j . L_l (exact int32) for qn (a constant where inlined) int16 queries q16 [qn][d]
+ * and the 16 int8 landmarks of one block blk [d/2][16][2], one per lane: each 16-bit unit of the
+ * block holds a landmark's dims 2t (low byte) and 2t + 1 (high byte). */
+typedef int16_t vh16 __attribute__((vector_size(VL * 2), aligned(2)));
+typedef int32_t vi32 __attribute__((vector_size(VL * 4)));
+typedef uint32_t vu32 __attribute__((vector_size(VL * 4)));
+static inline __attribute__((always_inline)) void block_dots_i8(const int16_t *q16, int qn, const int8_t *blk, int d,
+                                                                int32_t res[LM_QUERIES][LM_BLOCK]) {
     enum { NA = LM_BLOCK / VL };
-    vf even[LM_QUERIES][NA], odd[LM_QUERIES][NA]; /* separate chains for the two dims of a pair */
+    vi32 acc[LM_QUERIES][NA];
     for (int j = 0; j < LM_QUERIES; j++)
-        for (int u = 0; u < NA; u++) even[j][u] = odd[j][u] = (vf){0};
+        for (int u = 0; u < NA; u++) acc[j][u] = (vi32){0};
     for (int t = 0; t < d / 2; t++) {
         for (int u = 0; u < NA; u++) {
-            vpu x = *(const vpu *)(blk + t * LM_BLOCK + u * VL);
-            vf lo = (vf)(x << 16), hi = (vf)(x & 0xffff0000u);
-            for (int j = 0; j < qn; j++) {
-                even[j][u] += splat(q[j * d + 2 * t]) * lo;
-                odd[j][u] += splat(q[j * d + 2 * t + 1]) * hi;
-            }
+            vi32 w = __builtin_convertvector(*(const vh16 *)(blk + (t * LM_BLOCK + u * VL) * 2), vi32);
+            vi32 even = (vi32)((vu32)w << 24) >> 24, odd = w >> 8; /* the two sign-extended bytes */
+            for (int j = 0; j < qn; j++) acc[j][u] += even * q16[j * d + 2 * t] + odd * q16[j * d + 2 * t + 1];
         }
     }
     for (int j = 0; j < qn; j++)
-        for (int u = 0; u < NA; u++) st(res[j] + u * VL, even[j][u] + odd[j][u]);
+        for (int u = 0; u < NA; u++) memcpy(res[j] + u * VL, &acc[j][u], sizeof acc[j][u]);
 }
 
-#ifdef __AVX512BF16__
-/* block_dots for queries given as bfloat16 pairs qp [qn][d/2] (d a multiple of 4). */
-static inline __attribute__((always_inline)) void block_dots_bf16(const uint32_t *qp, int qn, const uint32_t *blk, int d,
-                                                                  float res[LM_QUERIES][LM_BLOCK]) {
-    __m512 acc[LM_QUERIES][2]; /* two chains per query: even and odd pairs */
-    for (int j = 0; j < LM_QUERIES; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+#if defined(__AVX512VNNI__) || defined(__AVX2__)
+#define LM_PAIRS 1 /* the query as int16 pairs qp (two in 32 bits) times the widened landmark pairs */
+/* block_dots_i8 in integer multiply-adds of pairs: a pair of dims of the 16 landmarks, widened to
+ * int16, times the query's pair qp in one vpdpwssd (AVX512-VNNI) or vpmaddwd + vpaddd per 8 lanes
+ * (AVX2): the same exact sums. */
+static inline __attribute__((always_inline)) void block_dots_pairs(const uint32_t *qp, int qn, const int8_t *blk, int d,
+                                                                   int32_t res[LM_QUERIES][LM_BLOCK]) {
+#ifdef __AVX512VNNI__
+    __m512i acc[LM_QUERIES][2]; /* two chains per query: even and odd pairs */
+    for (int j = 0; j < LM_QUERIES; j++) acc[j][0] = acc[j][1] = _mm512_setzero_si512();
     for (int t = 0; t < d / 2; t += 2) {
-        __m512bh x0 = (__m512bh)_mm512_loadu_si512(blk + t * LM_BLOCK);
-        __m512bh x1 = (__m512bh)_mm512_loadu_si512(blk + (t + 1) * LM_BLOCK);
+        __m512i x0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + t * LM_BLOCK * 2)));
+        __m512i x1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + (t + 1) * LM_BLOCK * 2)));
         for (int j = 0; j < qn; j++) {
-            acc[j][0] = _mm512_dpbf16_ps(acc[j][0], x0, (__m512bh)_mm512_set1_epi32((int)qp[j * (d / 2) + t]));
-            acc[j][1] = _mm512_dpbf16_ps(acc[j][1], x1, (__m512bh)_mm512_set1_epi32((int)qp[j * (d / 2) + t + 1]));
+            acc[j][0] = _mm512_dpwssd_epi32(acc[j][0], x0, _mm512_set1_epi32((int)qp[j * (d / 2) + t]));
+            acc[j][1] = _mm512_dpwssd_epi32(acc[j][1], x1, _mm512_set1_epi32((int)qp[j * (d / 2) + t + 1]));
         }
     }
-    for (int j = 0; j < qn; j++) _mm512_storeu_ps(res[j], _mm512_add_ps(acc[j][0], acc[j][1]));
+    for (int j = 0; j < qn; j++) _mm512_storeu_si512(res[j], _mm512_add_epi32(acc[j][0], acc[j][1]));
+#else
+    __m256i acc[LM_QUERIES][2]; /* landmarks 0-7 and 8-15 of the block */
+    for (int j = 0; j < LM_QUERIES; j++) acc[j][0] = acc[j][1] = _mm256_setzero_si256();
+    for (int t = 0; t < d / 2; t++) {
+        const int8_t *row = blk + t * LM_BLOCK * 2;
+        __m256i x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)row));
+        __m256i x1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(row + 16)));
+        for (int j = 0; j < qn; j++) {
+            __m256i qv = _mm256_set1_epi32((int)qp[j * (d / 2) + t]);
+            acc[j][0] = _mm256_add_epi32(acc[j][0], _mm256_madd_epi16(x0, qv));
+            acc[j][1] = _mm256_add_epi32(acc[j][1], _mm256_madd_epi16(x1, qv));
+        }
+    }
+    for (int j = 0; j < qn; j++) {
+        _mm256_storeu_si256((__m256i *)res[j], acc[j][0]);
+        _mm256_storeu_si256((__m256i *)(res[j] + 8), acc[j][1]);
+    }
+#endif
 }
 #endif
 
@@ -72,45 +112,52 @@ typedef struct {
     size_t bytes;
 } SidePrefetch;
 
-/* out[j * out_stride + i] = scale * (q_j . L_i) for g float32 queries q [g][d] and n bfloat16
- * landmarks in blocks ([ceil(n/16)][d/2][16][2]). d is even; lanes past n are computed and dropped.
- * side (or NULL): spread over the blocks, a few pieces per block (the scores are compute-light, so
- * the memory system has room for a second stream). */
-static void blocked_dots(const float *q, int g, const void *landmarks, int64_t n, int d, float scale, float *out,
-                         int64_t out_stride, const SidePrefetch *side) {
-    const uint32_t *blocks = (const uint32_t *)landmarks;
+/* out[j * out_stride + i] = ((q16_j . L_i * sq_j) * lscale_i) * scale for g float32 queries q [g][d]
+ * (quantize_query: q16_j, sq_j) and n int8 landmarks in blocks ([ceil(n/16)][d/2][16][2], scales
+ * lscale [ceil(n/16) * 16]): kvcache/landmarks.py Int8Landmarks.logits, bit for bit. d is even
+ * (a multiple of 4 for VNNI); lanes past n are computed and dropped. side (or NULL): spread over the
+ * blocks, a few pieces per block (the scores are compute-light, so the memory system has room for
+ * a second stream). */
+static void landmark_dots(const float *q, int g, const int8_t *blocks, const float *lscale, int64_t n, int d,
+                          float scale, float *out, int64_t out_stride, const SidePrefetch *side) {
     int64_t n_blocks = (n + LM_BLOCK - 1) / LM_BLOCK, side_at = 0;
     int64_t side_per_block = side && n_blocks ? (side->n + n_blocks - 1) / n_blocks : 0;
-    float res[LM_QUERIES][LM_BLOCK];
-#ifdef __AVX512BF16__
+    int16_t q16[g * d];
+    float sq[g];
+    for (int j = 0; j < g; j++) sq[j] = quantize_query(q + (int64_t)j * d, d, q16 + (int64_t)j * d);
+#ifdef LM_PAIRS
     uint32_t qp[g * (d / 2)];
-    int pairs = d % 4 == 0 && bf16_pairs(q, (int64_t)g * d, qp);
+    for (int i = 0; i < g * (d / 2); i++) qp[i] = (uint16_t)q16[2 * i] | (uint32_t)(uint16_t)q16[2 * i + 1] << 16;
+    const int pairs = d % 4 == 0;
 #endif
-    for (int64_t b = 0; b * LM_BLOCK < n; b++) {
-        const uint32_t *blk = blocks + b * (int64_t)(d / 2) * LM_BLOCK;
+    int32_t res[LM_QUERIES][LM_BLOCK];
+    size_t block_bytes = (size_t)d * LM_BLOCK;
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const int8_t *blk = blocks + b * (int64_t)block_bytes;
         int64_t cnt = n - b * LM_BLOCK < LM_BLOCK ? n - b * LM_BLOCK : LM_BLOCK;
-        prefetch_bytes(blk + 2 * (d / 2) * LM_BLOCK, (size_t)d * LM_BLOCK * 2); /* two blocks ahead (cold DRAM) */
+        prefetch_bytes(blk + 2 * block_bytes, block_bytes); /* two blocks ahead (cold DRAM) */
         for (int64_t k = 0; k < side_per_block && side_at < side->n; k++) prefetch_bytes_l2(side->at[side_at++], side->bytes);
         for (int j0 = 0; j0 < g; j0 += LM_QUERIES) {
             int qn = g - j0 < LM_QUERIES ? g - j0 : LM_QUERIES;
-#ifdef __AVX512BF16__
+#ifdef LM_PAIRS
             if (pairs) {
                 const uint32_t *qj = qp + j0 * (d / 2);
-                if (qn == 4) block_dots_bf16(qj, 4, blk, d, res); /* constant counts: accumulators stay in registers */
-                else if (qn == 3) block_dots_bf16(qj, 3, blk, d, res);
-                else if (qn == 2) block_dots_bf16(qj, 2, blk, d, res);
-                else block_dots_bf16(qj, 1, blk, d, res);
+                if (qn == 4) block_dots_pairs(qj, 4, blk, d, res); /* constant counts: accumulators stay in registers */
+                else if (qn == 3) block_dots_pairs(qj, 3, blk, d, res);
+                else if (qn == 2) block_dots_pairs(qj, 2, blk, d, res);
+                else block_dots_pairs(qj, 1, blk, d, res);
             } else
 #endif
             {
-                const float *qj = q + (int64_t)j0 * d;
-                if (qn == 4) block_dots(qj, 4, blk, d, res);
-                else if (qn == 3) block_dots(qj, 3, blk, d, res);
-                else if (qn == 2) block_dots(qj, 2, blk, d, res);
-                else block_dots(qj, 1, blk, d, res);
+                const int16_t *qj = q16 + (int64_t)j0 * d;
+                if (qn == 4) block_dots_i8(qj, 4, blk, d, res);
+                else if (qn == 3) block_dots_i8(qj, 3, blk, d, res);
+                else if (qn == 2) block_dots_i8(qj, 2, blk, d, res);
+                else block_dots_i8(qj, 1, blk, d, res);
             }
             for (int j = 0; j < qn; j++)
-                for (int64_t l = 0; l < cnt; l++) out[(j0 + j) * out_stride + b * LM_BLOCK + l] = res[j][l] * scale;
+                for (int64_t l = 0; l < cnt; l++)
+                    out[(j0 + j) * out_stride + b * LM_BLOCK + l] = (float)res[j][l] * sq[j0 + j] * lscale[b * LM_BLOCK + l] * scale;
         }
     }
 }

@@ -16,7 +16,8 @@ void mark_outliers(const StepArgs *a, int h, int64_t C, Work *w) {
  * previous step read (NOSA: most of this step's, by the locality constraint) are fetched into L2. */
 void landmark_scores(const StepArgs *a, int h, int64_t C, Work *w) {
     int g = a->group, d = a->d;
-    const uint16_t *marks = (const uint16_t *)a->landmarks.ptr + h * a->landmarks.head_stride;
+    const int8_t *marks = (const int8_t *)a->landmarks.ptr + h * a->landmarks.head_stride;
+    const float *lscale = (const float *)a->landmark_scale.ptr + h * a->landmark_scale.head_stride;
     size_t chunk_bytes = (size_t)a->chunk * d * (a->dtype == BF16 ? 2 : 4);
     SidePrefetch side = {w->side, 0, chunk_bytes};
     if (a->resident_v) {
@@ -28,7 +29,7 @@ void landmark_scores(const StepArgs *a, int h, int64_t C, Work *w) {
             w->side[side.n++] = (const char *)a->resident_v + at;
         }
     }
-    blocked_dots(a->q + (int64_t)h * g * d, g, marks, C, d, a->scale, w->logits, C, &side);
+    landmark_dots(a->q + (int64_t)h * g * d, g, marks, lscale, C, d, a->scale, w->logits, C, &side);
     for (int64_t c = 0; c < C; c++) w->rank_score[c] = -INFINITY;
     for (int j = 0; j < g; j++) { /* log-softmax over the chunks, max over the group */
         const float *s = w->logits + j * C;

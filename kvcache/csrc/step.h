@@ -17,7 +17,8 @@ typedef struct {
     float scale;
     const float *q;            /* [hkv*group, d] float32 */
     float *out;                /* [hkv*group, d] float32 */
-    HeadRows landmarks;        /* [hkv][C = window_start / chunk][d] bfloat16, blocked: dots.h blocked_dots */
+    HeadRows landmarks;        /* [hkv][C = window_start / chunk][d] int8, blocked: dots.h landmark_dots */
+    HeadRows landmark_scale;   /* [hkv][C] float32 (the same blocks of 16) */
     const int64_t *outliers;   /* [hkv, n_outlier_chunks] chunk ids, ascending */
     const void *outlier_k, *outlier_v; /* [hkv, n_outlier_chunks*chunk, d] contiguous */
     const void *factor_a;      /* [n_fit, rank] */

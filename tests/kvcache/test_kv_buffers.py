@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kvcache.buffers import LANDMARK_BLOCK, LandmarkBuffer, TokenBuffer
+from kvcache.landmarks import Int8Landmarks
 
 
 def test_appends_drops_and_gathers_read_the_live_rows() -> None:
@@ -42,18 +43,22 @@ def test_growth_leaves_headroom_from_the_first_append() -> None:
 
 
 def test_landmark_buffer_keeps_blocks_of_16_with_dims_paired() -> None:
-    """Appends of any size (one landmark per decode chunk, thousands at prefill) land in the blocked layout."""
+    """Appends of any size (one landmark per decode chunk, thousands at prefill) land in the blocked int8 layout."""
     buf = LandmarkBuffer(3, 8, device="cpu")
     marks = torch.randn(3, 70, 8)
     for start, stop in ((0, 1), (1, 40), (40, 41), (41, 70)):
         buf.append(marks[:, start:stop])
-    assert len(buf) == 70 and buf.view().dtype == torch.bfloat16
-    assert torch.equal(buf.view(), marks.to(torch.bfloat16))
+    want = Int8Landmarks.of(marks)
+    got = buf.view()
+    assert len(buf) == 70 and got.values.dtype == torch.int8
+    assert torch.equal(got.values, want.values) and torch.equal(got.scale, want.scale)
     raw = buf._data  # [H, blocks, D/2, 16, 2]: landmark 37's dims 4, 5 sit at block 2, pair 2, lane 5
     assert raw.shape[2:] == (4, LANDMARK_BLOCK, 2)
-    assert torch.equal(raw[1, 2, 2, 5], marks[1, 37, 4:6].to(torch.bfloat16))
-    assert buf.nbytes() == raw.shape[1] * 3 * LANDMARK_BLOCK * 8 * 2 and raw.shape[1] * LANDMARK_BLOCK >= 70 + 16
+    assert torch.equal(raw[1, 2, 2, 5], want.values[1, 37, 4:6]) and buf._scale[1, 2, 5] == want.scale[1, 37]
+    blocks = raw.shape[1]
+    assert buf.nbytes() == blocks * 3 * LANDMARK_BLOCK * (8 + 4) and blocks * LANDMARK_BLOCK >= 70 + 16
     assert buf.rows_address() == (raw.data_ptr(), raw.stride(0))
+    assert buf.scale_address() == (buf._scale.data_ptr(), buf._scale.stride(0))
     with pytest.raises(ValueError, match="expected \\[3, T, 8\\]"):
         buf.append(torch.randn(3, 1, 6))
     with pytest.raises(ValueError, match="even"):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import platform
 from dataclasses import replace
 
 import pytest
 import torch
 
-from kvcache import native
+from kvcache import native, native_step
 from kvcache.decode_attention import dense_decode_attention
 from kvcache.decode_step import attend_all
 from kvcache.native_step import applies, attend_native_many
@@ -50,6 +51,22 @@ def _pair(params, n0: int, dtype: torch.dtype, seed: int = 0):
 @pytest.mark.parametrize("n0", [1201, 4003])  # 150 chunks: quickselect; 500: bucketed selection
 def test_kernel_equals_reference_over_decode_steps(params, dtype, n0) -> None:
     """Same chunks, positions, bytes, LRU tables and (to rounding) outputs, step by step, across evictions and refits."""
+    _check_steps(params, dtype, n0)
+
+
+@needs_kernel
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 targets")
+@pytest.mark.parametrize("march", ["haswell", "x86-64"])  # AVX2 (vpmaddwd landmarks, 8 lanes); SSE2 (generic C)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_built_for_narrower_targets_equals_reference(march, dtype, monkeypatch) -> None:
+    """The kernel's other code paths (what an AVX2-only or older host compiles) select and attend as the reference."""
+    lib = native.load_kernel(march)
+    assert lib is not None and lib is not native.load_kernel()
+    monkeypatch.setattr(native_step, "load_kernel", lambda: lib)
+    _check_steps(NosaKvParams(budget=512, n_local=16, n_outlier_chunks=4, max_change=4, resident_chunks=40), dtype, 4003)
+
+
+def _check_steps(params, dtype, n0) -> None:
     (fast, ref), g = _pair(params, n0, dtype)
     assert applies(fast) and fast.native and not ref.native
     tol = 1e-5 if dtype == torch.float32 else 2e-2

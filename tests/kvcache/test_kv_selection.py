@@ -105,10 +105,10 @@ def test_partial_sort_selection_equals_the_full_sort(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_bfloat16_landmarks_keep_the_recall_of_float32_ones(seed: int) -> None:
-    """The stores keep landmarks in bfloat16 (kvcache.store.LANDMARK_DTYPE): same budget, same recall within 0.01."""
+def test_int8_landmarks_keep_the_recall_of_float32_ones(seed: int) -> None:
+    """The stores keep landmarks in int8 (kvcache.landmarks.Int8Landmarks): same budget, same recall within 0.01."""
     from kvcache.decode_attention import decode_recall
-    from kvcache.store import LANDMARK_DTYPE
+    from kvcache.landmarks import Int8Landmarks
 
     g = torch.Generator().manual_seed(seed)
     n, d = 4096, 64
@@ -120,9 +120,9 @@ def test_bfloat16_landmarks_keep_the_recall_of_float32_ones(seed: int) -> None:
             k[h, c * CHUNK:(c + 1) * CHUNK] += 0.6 * q[h * (HQ // HKV)] / q[h * (HQ // HKV)].norm() * d ** 0.5
     marks = chunk_landmarks(k, CHUNK)
     recalls = []
-    for m in (marks, marks.to(LANDMARK_DTYPE)):
+    for m in (marks, Int8Landmarks.of(marks)):
         sel = select_positions(q, m, n, chunk=CHUNK, budget=512, n_sink=4, n_local=64, outliers=None)
         recalls.append(decode_recall(q, k, sel.mask))
-    f32, bf16 = recalls
+    f32, int8 = recalls
     assert float(f32.mean()) > 0.3  # the structure is there to be found
-    assert float((f32 - bf16).abs().max()) < 0.01
+    assert float((f32 - int8).abs().max()) < 0.01

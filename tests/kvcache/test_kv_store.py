@@ -124,7 +124,7 @@ def test_pool_bytes_after_prefill_match_the_layout_exactly() -> None:
     f = 4
     expected = (
         (n0 * rank + rank * hkv * d) * f                 # low-rank factors
-        + hkv * -(-rows(start // chunk) // 16) * 16 * d * 2  # landmarks (bfloat16, whole blocks of 16)
+        + hkv * -(-rows(start // chunk) // 16) * 16 * (d + 4)  # landmarks (int8 + a float32 scale, whole blocks of 16)
         + 3 * hkv * rows(n0 - start) * d * f             # window k (post, pre) and v
         + 2 * hkv * rows(4) * d * f                      # sinks k, v
         + hkv * n_out * 8 + 2 * hkv * n_out * chunk * d * f  # outlier ids, k, v
