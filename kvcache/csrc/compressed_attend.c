@@ -128,8 +128,11 @@ static void add_weighted(const float *p, int64_t p_stride, int g, const void *va
  * SPAN_AHEAD places on are fetched while this one is read (most spans are one chunk, 1-2 KB: one
  * span ahead leaves too few reads in flight to cover DRAM latency). */
 enum { SPAN_AHEAD = 4 };
+static inline size_t span_prefix(int64_t n, size_t row_bytes) {
+    return (size_t)n * row_bytes < 4096 ? (size_t)n * row_bytes : 4096;
+}
 static inline void prefetch_span(const void *rows, int64_t n, size_t row_bytes) {
-    prefetch_bytes(rows, (size_t)n * row_bytes < 4096 ? (size_t)n * row_bytes : 4096);
+    prefetch_bytes(rows, span_prefix(n, row_bytes));
 }
 
 /* prefetch_span of spans [s, s + SPAN_AHEAD) at the start of a pass (k: keys, else values). */
@@ -151,7 +154,7 @@ static void span_dots(const StepArgs *a, const float *q, const Span *spans, int6
     for (int64_t s = 0; s < n_spans; s++) {
         if (s + SPAN_AHEAD < n_spans) prefetch_span(spans[s + SPAN_AHEAD].k, spans[s + SPAN_AHEAD].rows, row_bytes);
         /* this span's values, read by the second pass: into L2 now */
-        prefetch_bytes_l2(spans[s].v, (size_t)spans[s].rows * row_bytes < 4096 ? (size_t)spans[s].rows * row_bytes : 4096);
+        prefetch_bytes_l2(spans[s].v, span_prefix(spans[s].rows, row_bytes));
         for (int64_t r = 0; r < spans[s].rows; r++) {
             rows[cnt++] = (const char *)spans[s].k + (size_t)r * row_bytes;
             if (cnt < VL) continue;
