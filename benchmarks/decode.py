@@ -55,14 +55,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.host_probe import host_read_gbs  # noqa: E402
 from benchmarks.kv_shape import KvShape  # noqa: E402
-from benchmarks.ttft import prompt_of, shipped_profile_for  # noqa: E402
+from benchmarks.ttft import PROFILE_SETS, add_profile_set_args, prompt_of, shipped_profile_for  # noqa: E402
 from profiles.schema import KvChoice, load_profile, save_profile  # noqa: E402
 from profiles.variants import with_kv  # noqa: E402
 from kvcache.params import parse_kv_params  # noqa: E402
 from server.cpu_host import cpu_flags, cpu_model, resolve_dtype  # noqa: E402
 from server.model_prep import ensure_model  # noqa: E402
 from server.rope_variant import yarn_variant  # noqa: E402
-from server.sparse_setup import DUO_PROFILES_DIR, PROFILES_DIR  # noqa: E402
 from tests.conftest import start_server, stop_server  # noqa: E402
 
 BLOCK_SIZE = 16  # vLLM's CPU KV block (tokens)
@@ -193,9 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="ours: sliding-window KV spec for the layers whose KV heads are all compressed")
     ap.add_argument("--kv-threshold", type=int, default=4096, help="ours: --kv-threshold (and window)")
     ap.add_argument("--modes", default="dense,ours")
-    ap.add_argument("--duo", action="store_true",
-                    help="both modes prefill with the retrieval-head profile (profiles/duo/): the same decode "
-                    "comparison with shorter prefills; with --kv profile ours also takes its KV policies")
+    add_profile_set_args(ap)  # both modes prefill with that profile; with --kv profile ours takes its KV policies
     ap.add_argument("--server-args", default="",
                     help="more `sparse-serve serve` flags for both modes, e.g. '--no-enforce-eager' (torch.compile)")
     args = ap.parse_args(argv)
@@ -205,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     model = yarn_variant(ensure_model(), max_len)
     tokenizer = AutoTokenizer.from_pretrained(model)
     work = Path(tempfile.mkdtemp(prefix="decode-"))
-    profile_path = shipped_profile_for(model, work / "profile.json", DUO_PROFILES_DIR if args.duo else PROFILES_DIR)
+    profile_path = shipped_profile_for(model, work / "profile.json", PROFILE_SETS[args.profile_set])
     if args.kv != "profile":
         parse_kv_params({"policy": args.kv, **args.kv_params})  # a wrong name or value fails here, not in the server
         choice = KvChoice(policy=args.kv, params={k: float(v) for k, v in args.kv_params.items()})

@@ -34,7 +34,8 @@ from profiles.schema import fingerprint_from_dir, load_profile, save_profile  # 
 from profiles.variants import transfer  # noqa: E402
 from server.model_prep import ensure_model  # noqa: E402
 from server.rope_variant import yarn_variant  # noqa: E402
-from server.sparse_setup import DUO_PROFILES_DIR, PROFILES_DIR, SHIPPED_PROFILE, shipped_profiles  # noqa: E402
+from server.sparse_setup import (  # noqa: E402
+    DUO_PROFILES_DIR, PROFILES_DIR, RECALL_PROFILES_DIR, SHIPPED_PROFILE, shipped_profiles)
 from tests.conftest import start_server, stop_server  # noqa: E402
 
 
@@ -47,6 +48,20 @@ def prompt_of(tokenizer, length: int, seed: int) -> tuple[list[int], str]:
     question = tokenizer.encode(doc.question, add_special_tokens=False)
     body = tokenizer.encode(doc.body, add_special_tokens=False)[: length - len(question)]
     return body + question, doc.answer
+
+
+PROFILE_SETS = {"default": PROFILES_DIR, "duo": DUO_PROFILES_DIR, "recall": RECALL_PROFILES_DIR}
+"""The shipped profile folders, by the flag that picks them."""
+
+
+def add_profile_set_args(ap: argparse.ArgumentParser) -> None:
+    """``--duo`` / ``--recall``: take the profile from ``profiles/duo/`` or ``profiles/recall/`` instead."""
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--duo", dest="profile_set", action="store_const", const="duo",
+                       help="the faster retrieval-head split (profiles/duo/, F = 0.10) for the model's RoPE variant")
+    group.add_argument("--recall", dest="profile_set", action="store_const", const="recall",
+                       help="the recall-target profile (profiles/recall/, the default until 2026-12-05)")
+    ap.set_defaults(profile_set="default")
 
 
 def shipped_profile_for(model: Path, fallback: Path, folder: Path = PROFILES_DIR) -> Path:
@@ -95,16 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="dense,sparse")
     ap.add_argument("--profile", type=Path, default=None,
                     help="profile of the sparse server (default: the shipped one for the model's RoPE variant)")
-    ap.add_argument("--duo", action="store_true",
-                    help="the retrieval-head profile (profiles/duo/) for the model's RoPE variant instead")
+    add_profile_set_args(ap)
     args = ap.parse_args(argv)
     lengths = [int(x) for x in args.lengths.split(",")]
     model = yarn_variant(ensure_model(), max(lengths) + args.answer_tokens + 64)
     tokenizer = AutoTokenizer.from_pretrained(model)
     prompts = {n: prompt_of(tokenizer, n, seed=n) for n in lengths}
     work = Path(tempfile.mkdtemp(prefix="ttft-"))
-    profile = args.profile or shipped_profile_for(model, work / "profile.json",
-                                                  DUO_PROFILES_DIR if args.duo else PROFILES_DIR)
+    profile = args.profile or shipped_profile_for(model, work / "profile.json", PROFILE_SETS[args.profile_set])
     max_len = max(lengths) + args.answer_tokens + 64
     # default pool: one longest request in float32 with 25% to spare (vLLM refuses to start below one)
     pool = args.kv_cache_memory_bytes or int(max_len * KvShape.of(model).token_bytes("float32") * 1.25)

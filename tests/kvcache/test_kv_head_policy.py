@@ -61,5 +61,5 @@ def test_plan_of_shipped_profile_and_exact_kv_variant() -> None:
         assert g.params.rank == 192 and g.params.budget == 1 << 24
     with pytest.raises(ValueError, match="layer 30"):
         exact.groups(30)
-    # windowed layers: every KV head compressed (layer 13 of the shipped profile; every layer of exact_kv)
-    assert plan.windowed_layers(3) == (13,) and exact.windowed_layers(3) == tuple(range(30))
+    # windowed layers: every KV head compressed (layers 13, 16, 18 of the shipped profile; every layer of exact_kv)
+    assert plan.windowed_layers(3) == (13, 16, 18) and exact.windowed_layers(3) == tuple(range(30))

@@ -1,4 +1,5 @@
-"""The shipped SmolLM2 profile: valid for the default model, and its recall target holds when re-measured on its calibration prompts."""
+"""The shipped SmolLM2 profiles: valid for the default model; the defaults and profiles/duo/ follow the
+retrieval-head rule; profiles/recall/'s recall target holds when re-measured on its calibration prompts."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from profiles.scoring import late_rows
 
 from profiles.cli import DEFAULT_MODEL_DIR as DEFAULT_MODEL
 
-SHIPPED = Path(__file__).resolve().parents[2] / "profiles" / "smollm2-135m-instruct.json"
+PROFILES = Path(__file__).resolve().parents[2] / "profiles"
+SHIPPED = PROFILES / "recall" / "smollm2-135m-instruct.json"  # the recall-target one
 REDUCED_LENGTH = 2048
 LAYERS = (0, 9, 19, 29)
 TOLERANCE = 0.02
@@ -27,10 +29,12 @@ def shipped():
     return load_profile(SHIPPED)
 
 
-def test_shipped_profile_matches_default_model(shipped) -> None:
+@pytest.mark.parametrize("folder", ["", "duo", "recall"])
+def test_shipped_profile_matches_default_model(folder: str) -> None:
     if not (DEFAULT_MODEL / "config.json").is_file():
         pytest.skip(f"no model at {DEFAULT_MODEL}")
-    check_fingerprint(shipped, fingerprint_from_dir(DEFAULT_MODEL), source=str(SHIPPED))
+    path = PROFILES / folder / SHIPPED.name
+    check_fingerprint(load_profile(path), fingerprint_from_dir(DEFAULT_MODEL), source=str(path))
 
 
 @pytest.mark.slow
@@ -60,18 +64,19 @@ def test_recall_target_holds_at_reduced_length(shipped) -> None:
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m-instruct.json", "smollm2-135m-instruct-yarn4x.json"])
-def test_retrieval_head_profiles_follow_their_rule(name: str) -> None:
-    """profiles/duo/: the 10% of heads with the lowest streaming recall block-sparse top_k 32 (2,048 keys per
-    query block), every other head A-shape 64 + 256; none dense."""
-    duo = load_profile(SHIPPED.parent / "duo" / name)
-    default = load_profile(SHIPPED.parent / name)
-    assert duo.model == default.model  # the same RoPE variant as the default file of that name
-    assert duo.calibration.retrieval_heads == 0.1 and duo.calibration.retrieval_top_k == 32
-    assert duo.calibration.dense_layers == 0
-    heads = [h for layer in duo.layers for h in layer.heads]
+@pytest.mark.parametrize(("folder", "fraction"), [("", 0.2), ("duo", 0.1)])
+def test_retrieval_head_profiles_follow_their_rule(folder: str, fraction: float, name: str) -> None:
+    """The defaults (F = 0.20) and profiles/duo/ (F = 0.10): the fraction F of heads with the lowest streaming
+    recall block-sparse top_k 32 (2,048 keys per query block), every other head A-shape 64 + 256; none dense."""
+    split = load_profile(PROFILES / folder / name)
+    recall = load_profile(PROFILES / "recall" / name)
+    assert split.model == recall.model  # the same RoPE variant as the recall-target file of that name
+    assert split.calibration.retrieval_heads == fraction and split.calibration.retrieval_top_k == 32
+    assert split.calibration.dense_layers == 0
+    heads = [h for layer in split.layers for h in layer.heads]
     retrieval = [h for h in heads if h.prefill.pattern.value == "block_sparse"]
     streaming = [h for h in heads if h.prefill.pattern.value != "block_sparse"]
-    assert len(retrieval) == round(0.1 * len(heads)) == 27
+    assert len(retrieval) == round(fraction * len(heads))
     assert all(h.prefill.top_k == 32 for h in retrieval)
     assert all(h.prefill.pattern.value == "a_shape" and h.prefill.n_local == 256 for h in streaming)
     assert max(h.kv.params["streaming_recall"] for h in retrieval) <= min(h.kv.params["streaming_recall"] for h in streaming)

@@ -8,11 +8,13 @@ from attention_backends import estimate_index
 from attention_backends.patterns import DenseParams
 from profiles.schema import KvChoice, load_profile, parse_profile
 from profiles.variants import exact_kv, full_budget, with_kv
-from server.sparse_setup import SHIPPED_PROFILE
+from server.sparse_setup import RECALL_PROFILES_DIR, SHIPPED_PROFILE
+
+ALL_PATTERNS = RECALL_PROFILES_DIR / SHIPPED_PROFILE.name  # heads of every pattern kind
 
 
 def test_full_budget_keeps_patterns_and_covers_every_pair() -> None:
-    shipped = load_profile(SHIPPED_PROFILE)
+    shipped = load_profile(ALL_PATTERNS)
     full = full_budget(shipped)
     parse_profile(full.model_dump(mode="json"), "full-budget")  # still a valid profile
     g = torch.Generator().manual_seed(0)

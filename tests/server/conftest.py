@@ -14,11 +14,10 @@ import pytest
 
 from accuracy.scoring import score
 from accuracy.tasks.registry import generate_samples
-from live_client import client
+from live_client import ALL_PATTERNS_PROFILE, client
 from loadtests.tokenizer import load_tokenizer
 from profiles.schema import load_profile, save_profile
 from profiles.variants import exact_kv, full_budget
-from server.sparse_setup import SHIPPED_PROFILE
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +32,7 @@ def exact_kv_profile(tmp_path_factory) -> Path:
     """Every head at full prefill budget; even layers ShadowKV at full rank, odd ones NOSA (exact keys
     offloaded), every store at a budget over the context: exact."""
     path = tmp_path_factory.mktemp("profile") / "exact-kv.json"
-    save_profile(exact_kv(full_budget(load_profile(SHIPPED_PROFILE)), "shadowkv", "nosa"), path)
+    save_profile(exact_kv(full_budget(load_profile(ALL_PATTERNS_PROFILE)), "shadowkv", "nosa"), path)
     return path
 
 

@@ -8,10 +8,9 @@ import concurrent.futures as cf
 
 import pytest
 
-from live_client import FULL_CHUNK, FULL_THRESHOLD, complete, counter, document, metrics
+from live_client import ALL_PATTERNS_PROFILE, FULL_CHUNK, FULL_THRESHOLD, complete, counter, document, metrics
 from profiles.schema import load_profile, save_profile
 from profiles.variants import full_budget
-from server.sparse_setup import SHIPPED_PROFILE
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def full_budget_server(launch_server, tmp_path_factory):
     path = tmp_path_factory.mktemp("profile") / "full-budget.json"
-    save_profile(full_budget(load_profile(SHIPPED_PROFILE)), path)
+    save_profile(full_budget(load_profile(ALL_PATTERNS_PROFILE)), path)
     with launch_server("--profile", str(path), "--sparse-threshold", str(FULL_THRESHOLD),
                        "--max-num-batched-tokens", str(FULL_CHUNK)) as (_, server):
         yield server

@@ -17,10 +17,9 @@ import pytest
 
 from attention_backends.head_plan import rank_query_heads
 from attention_backends.patterns import AShapeParams
-from live_client import FULL_CHUNK, FULL_THRESHOLD, client, complete, counter, document, metrics
+from live_client import ALL_PATTERNS_PROFILE, FULL_CHUNK, FULL_THRESHOLD, client, complete, counter, document, metrics
 from profiles.schema import load_profile, save_profile
 from profiles.variants import full_budget
-from server.sparse_setup import DUO_PROFILES_DIR, SHIPPED_PROFILE
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +30,7 @@ def test_startup_logs_backend_profile_and_head_counts(live_server) -> None:
     log = live_server.log_path.read_text(errors="replace")
     assert ("attention backend: sparse-serve SparseCPUAttentionBackend (wraps CPU_ATTN) on 30 layers, "
             "reading vLLM's 'vec' KV-cache layout") in log  # float32: never the AMX packing
-    assert "smollm2-135m-instruct.json" in log and "vertical_slash heads" in log
+    assert "smollm2-135m-instruct.json" in log and "216 a_shape, 54 block_sparse heads" in log
     heads = counter(metrics(live_server), "sparse_heads")
     assert heads == 30 * 9
 
@@ -82,13 +81,13 @@ def test_sparse_false_prefills_dense_apart_from_sparse_kv(live_server, dense_ser
     assert gap(dense) < 1e-5 and gap(sparse) > 1e-3, (gap(dense), gap(sparse))  # measured: 0.0 and 0.04
 
 
-def test_needle_found_with_retrieval_head_profile_as_with_dense(launch_server, needle) -> None:
-    """The retrieval-head profile (profiles/duo/): 10% of the heads dense, every other one A-shape 64 + 256."""
-    with launch_server("--profile", str(DUO_PROFILES_DIR / SHIPPED_PROFILE.name)) as (_, server):
+def test_needle_found_with_recall_target_profile_as_with_dense(launch_server, needle) -> None:
+    """The recall-target profile (profiles/recall/, the default until 2026-12-05): most heads dense."""
+    with launch_server("--profile", str(ALL_PATTERNS_PROFILE)) as (_, server):
         needle.assert_found(server)
         samples = metrics(server)
     assert counter(samples, "sparse_prefill_tokens_total") > 4000
-    assert counter(samples, "sparse_heads", pattern="a_shape") == 243
+    assert counter(samples, "sparse_heads", pattern="vertical_slash") == 5
 
 
 def test_server_refuses_to_start_when_vllm_does_not_load_the_plugin(model_dir: Path, tmp_path: Path) -> None:
@@ -105,7 +104,7 @@ def test_server_refuses_to_start_when_vllm_does_not_load_the_plugin(model_dir: P
 @pytest.fixture(scope="module")
 def marked_profile(tmp_path_factory) -> Path:
     """Full budget everywhere except the query heads of TP rank 1 of 3: A-shape, 64 sink + 64 local tokens."""
-    profile = full_budget(load_profile(SHIPPED_PROFILE))
+    profile = full_budget(load_profile(ALL_PATTERNS_PROFILE))
     marked = rank_query_heads(profile.model.num_q_heads, TP, 1)
     narrow = AShapeParams(n_init=64, n_local=64)
     layers = [layer.model_copy(update={"heads": [h.model_copy(update={"prefill": narrow}) if h.head in marked else h

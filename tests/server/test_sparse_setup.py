@@ -121,10 +121,10 @@ def test_window_layers_give_fully_compressed_layers_a_sliding_window_and_turn_pr
                               kv_cache_memory_bytes=1 << 30)
     setup = arm(settings, model_dir)
     try:
-        assert setup.windowed_layers == (13,)  # the shipped profile compresses every KV head of layer 13 only
+        assert setup.windowed_layers == (13, 16, 18)  # the shipped profile compresses every KV head of these only
         overrides = setup.engine_overrides()
         types = overrides["hf_overrides"]["layer_types"]
-        assert types[13] == "sliding_attention" and types.count("full_attention") == 29
+        assert types[13] == types[16] == types[18] == "sliding_attention" and types.count("full_attention") == 27
         assert overrides["hf_overrides"]["sliding_window"] == 2048
         args = engine_args(settings, model_dir, overrides)
         assert not args.enable_prefix_caching and args.hf_overrides == overrides["hf_overrides"]
