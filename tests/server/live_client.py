@@ -13,10 +13,10 @@ from loadtests.server_metrics import parse_metrics
 from server.sparse_setup import RECALL_PROFILES_DIR, SHIPPED_PROFILE
 
 FULL_THRESHOLD, FULL_CHUNK = 256, 512
+"""Sparse/KV threshold and prefill chunk of the exactness servers: small, so ~1K-token prompts cross both."""
 ALL_PATTERNS_PROFILE = RECALL_PROFILES_DIR / SHIPPED_PROFILE.name
 """The recall-target profile: heads of every pattern kind (dense, A-shape, block-sparse, vertical-slash,
 FlexPrefill), so that its full-budget variant checks the plumbing of each against dense."""
-"""Sparse/KV threshold and prefill chunk of the exactness servers: small, so ~1K-token prompts cross both."""
 
 
 def client(server) -> openai.OpenAI:
