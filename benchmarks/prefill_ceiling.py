@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,8 +48,8 @@ class PatternGap(BaseModel):
     pattern: str
     recall: float
     density: float
-    oracle_density_tiles: float
-    oracle_density_pairs: float
+    oracle_density_tiles: float = Field(description="at the coarsest --granularities entry (64 by default)")
+    oracle_density_pairs: float = Field(description="at the finest --granularities entry (1 by default)")
 
 
 class CeilingReport(BaseModel):
