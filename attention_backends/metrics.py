@@ -28,6 +28,17 @@ def sample_rows(seq_len: int, count: int, device: torch.device | str = "cpu") ->
     return torch.linspace(0, seq_len - 1, count, device=device).round().long().unique()
 
 
+def causal_row_probs(q: torch.Tensor, k_expanded: torch.Tensor, rows: torch.Tensor, scale: float) -> torch.Tensor:
+    """Exact causal softmax of the query ``rows`` (positions, ``int64 [R]``): ``float32 [Hq, R, N]``.
+
+    ``q [Hq, N, D]``, ``k_expanded float32 [Hq, N, D]`` (key heads already repeated for GQA).
+    """
+    n = k_expanded.shape[1]
+    logits = torch.matmul(q[:, rows].float(), k_expanded.transpose(1, 2)) * scale
+    future = torch.arange(n, device=q.device) > rows.unsqueeze(1)
+    return torch.softmax(logits.masked_fill_(future, float("-inf")), dim=-1)
+
+
 @torch.no_grad()
 def attention_recall(
     q: torch.Tensor,
@@ -54,9 +65,7 @@ def attention_recall(
     total = torch.zeros(shape.num_q_heads, dtype=torch.float64, device=q.device)
     for start in range(0, rows.numel(), step):
         chunk = rows[start : start + step]
-        logits = torch.matmul(q[:, chunk].float(), kf.transpose(1, 2)) * shape.scale
-        future = torch.arange(n, device=q.device) > chunk.unsqueeze(1)
-        probs = torch.softmax(logits.masked_fill_(future, float("-inf")), dim=-1)
+        probs = causal_row_probs(q, kf, chunk, shape.scale)
         kept = index.row_mask(chunk).to(q.device)
         total += (probs * kept).sum(dim=(1, 2)).double()
     return (total / rows.numel()).float()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .inputs import check_qk, expand_kv
-from .metrics import sample_rows
+from .metrics import causal_row_probs, sample_rows
 
 LOG2_MIN = -64.0
 """Lower edge of the ``log2(mass per pair)`` bins; tiles below it share the lowest bin."""
@@ -126,10 +126,7 @@ def tile_mass_histogram(
         rows = (chunk.unsqueeze(1) * g + torch.arange(g, device=q.device)).flatten()
         valid = rows < n
         rows_total += int(valid.sum())
-        logits = torch.matmul(q[:, rows.clamp(max=n - 1)].float(), kf.transpose(1, 2)) * shape.scale
-        future = torch.arange(n, device=q.device) > rows.unsqueeze(1)
-        probs = torch.softmax(logits.masked_fill_(future, float("-inf")), dim=-1)
-        probs = probs * valid.view(1, -1, 1)
+        probs = causal_row_probs(q, kf, rows.clamp(max=n - 1), shape.scale) * valid.view(1, -1, 1)
         probs = torch.nn.functional.pad(probs, (0, padded - n))
         tile_mass = probs.view(hq, len(chunk), g, num_tiles, g).sum((2, 4)).double()  # [H, T, K]
         tile_pairs = _tile_pairs(chunk, g, n, num_tiles).expand_as(tile_mass)

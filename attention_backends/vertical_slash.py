@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .inputs import check_qk, expand_kv
+from .metrics import causal_row_probs
 from .patterns import VerticalSlashParams
 from .selection import select_top
 from .sparse_index import SparseIndex, pack_rows
@@ -24,12 +25,8 @@ def last_query_attention(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: f
     ``q [Hq, N, D]``, ``k [Hkv, N, D]``; row ``r`` is query position ``N - L + r``.
     """
     n = q.shape[1]
-    rows = min(last_q, n)
-    group = q.shape[0] // k.shape[0]
-    logits = torch.matmul(q[:, n - rows :].float(), expand_kv(k, group).float().transpose(1, 2)) * scale
-    positions = torch.arange(n - rows, n, device=q.device).unsqueeze(1)
-    future = torch.arange(n, device=q.device).unsqueeze(0) > positions
-    return torch.softmax(logits.masked_fill(future, float("-inf")), dim=-1)
+    rows = torch.arange(n - min(last_q, n), n, device=q.device)
+    return causal_row_probs(q, expand_kv(k, q.shape[0] // k.shape[0]).float(), rows, scale)
 
 
 def vertical_slash_scores(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
